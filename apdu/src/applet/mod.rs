@@ -1,0 +1,698 @@
+//! The security-module applet: a sans-IO state machine from command APDU to
+//! response APDU over a [`KeyMemory`].
+//!
+//! ```text
+//!            bytes ──▶ parse ──▶ chaining ──▶ SM unwrap ──▶ dispatch ──▶ SM wrap ──▶ GET RESPONSE split ──▶ bytes
+//!                                                             │
+//!                                     lifecycle gate (6985) ──┤── KeyMemory (keys, atomic records)
+//!
+//!   MANUFACTURED ──PUT DATA(root, identity cert)──▶ PERSONALIZATION ──PUT DATA(cert bundle)──▶ OPERATING
+//!                                                        ▲                                       │
+//!                                                        └──────────── TERMINATE (erases) ───────┘
+//! ```
+//!
+//! Volatile state (the open channel, a pending chain, pending response bytes)
+//! is dropped by [`Applet::reset`], as a card reset or power loss would.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use p384::PublicKey;
+use zeroize::Zeroize;
+
+use crate::channel::{
+    self, ChannelKind, HandshakeValues, Role, SecureMessaging, SessionKeys, derive_scalar, encode_point, parse_point,
+    sha384,
+};
+use crate::iso::{CLA_CHAIN, CLA_SM, Command, Response, sw};
+use crate::keymem::{KeyMemory, KeyMemoryError, KeySlot, Records};
+use crate::pki::{self, Certificate};
+use crate::proto::{self, Lifecycle, ins, len, tag};
+use crate::tlv::{self, TlvError};
+
+/// Largest command data a chain may accumulate (a certificate bundle is ~2 KiB).
+pub const MAX_CHAIN_DATA: usize = 8 * 1024;
+
+/// An applet instance bound to one key memory.
+pub struct Applet<K: KeyMemory> {
+    memory: K,
+    records: Records,
+    serial: Option<[u8; pki::SERIAL_LEN]>,
+    selected: bool,
+    session: Session,
+    chain: Option<Chain>,
+    pending: Vec<u8>,
+}
+
+enum Session {
+    None,
+    Opened(Box<Opening>),
+    Established(Box<Established>),
+}
+
+struct Opening {
+    keys: SessionKeys,
+    th: channel::Digest48,
+    unit_cert: Certificate,
+    nonce: [u8; pki::NONCE_LEN],
+}
+
+struct Established {
+    sm: SecureMessaging,
+    th: channel::Digest48,
+    unit_cert: Certificate,
+    nonce: [u8; pki::NONCE_LEN],
+    generated: Option<PublicKey>,
+}
+
+struct Chain {
+    header: [u8; 4],
+    data: Vec<u8>,
+}
+
+/// An error inside a command handler, carrying its status word.
+struct Sw(u16);
+
+impl From<TlvError> for Sw {
+    fn from(_: TlvError) -> Self {
+        Sw(sw::WRONG_DATA)
+    }
+}
+
+impl From<KeyMemoryError> for Sw {
+    fn from(_: KeyMemoryError) -> Self {
+        Sw(sw::MEMORY_FAILURE)
+    }
+}
+
+/// Parsing failures are the sender's malformed data; verification failures
+/// are a refusal to trust it.
+impl From<pki::PkiError> for Sw {
+    fn from(err: pki::PkiError) -> Self {
+        use pki::PkiError::*;
+        match err {
+            Der(_)
+            | Malformed(_)
+            | TrailingData
+            | UnsupportedVersion
+            | UnsupportedSignatureAlgorithm
+            | UnsupportedKeyAlgorithm
+            | InvalidPublicKey
+            | InvalidSignatureEncoding
+            | DuplicateExtension
+            | UnknownCriticalExtension
+            | MissingExtension(_)
+            | MalformedExtension(_)
+            | ProfileViolation(_) => Sw(sw::WRONG_DATA),
+            _ => Sw(sw::SECURITY_STATUS),
+        }
+    }
+}
+
+type Outcome = Result<Vec<u8>, Sw>;
+
+impl<K: KeyMemory> Applet<K> {
+    /// Loads the applet's persistent state from `memory`.
+    pub fn new(mut memory: K) -> Result<Self, KeyMemoryError> {
+        let records = memory.load()?;
+        let serial = memory
+            .public_key(KeySlot::Identity)?
+            .map(|key| pki::serial_from_public_key(&encode_point(&key)));
+        Ok(Self {
+            memory,
+            records,
+            serial,
+            selected: false,
+            session: Session::None,
+            chain: None,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The lifecycle state as committed.
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.records.lifecycle
+    }
+
+    /// The committed records (public data only).
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    /// The key memory, for inspection by tests and tools.
+    pub fn memory(&self) -> &K {
+        &self.memory
+    }
+
+    /// A card reset or power cycle: drops the channel, chains and pending responses.
+    pub fn reset(&mut self) {
+        self.selected = false;
+        self.session = Session::None;
+        self.chain = None;
+        self.pending.clear();
+    }
+
+    /// Processes one command APDU and returns the response APDU bytes.
+    ///
+    /// Never panics on any input; every malformed command gets a status word.
+    pub fn process(&mut self, apdu: &[u8]) -> Vec<u8> {
+        let response = match Command::parse(apdu) {
+            Ok(command) => self.process_command(&command),
+            Err(status) => {
+                self.chain = None;
+                Response::status(status)
+            }
+        };
+        response.to_bytes()
+    }
+
+    fn process_command(&mut self, command: &Command<'_>) -> Response {
+        // Logical channels (b2 b1) and proprietary classes are not offered.
+        if command.cla & 0x03 != 0 {
+            return Response::status(sw::CHANNEL_NOT_SUPPORTED);
+        }
+        if command.cla & !(CLA_CHAIN | CLA_SM) != 0 {
+            return Response::status(sw::CLA_NOT_SUPPORTED);
+        }
+        if command.ins == ins::GET_RESPONSE && command.cla == 0 {
+            return self.get_response(command);
+        }
+        self.pending.clear();
+
+        let header = [command.cla & !CLA_CHAIN, command.ins, command.p1, command.p2];
+        if command.is_chained() {
+            return self.extend_chain(header, command.data);
+        }
+        let (response_data, status) = match self.chain.take() {
+            Some(mut chain) => {
+                if chain.header != header {
+                    return Response::status(sw::LAST_COMMAND_EXPECTED);
+                }
+                if chain.data.len() + command.data.len() > MAX_CHAIN_DATA {
+                    return Response::status(sw::NOT_ENOUGH_MEMORY);
+                }
+                chain.data.extend_from_slice(command.data);
+                self.dispatch(header, &chain.data)
+            }
+            None => self.dispatch(header, command.data),
+        };
+        self.limit_response(response_data, status, command.ne)
+    }
+
+    fn extend_chain(&mut self, header: [u8; 4], data: &[u8]) -> Response {
+        let chain = self.chain.get_or_insert_with(|| Chain {
+            header,
+            data: Vec::new(),
+        });
+        if chain.header != header {
+            self.chain = None;
+            return Response::status(sw::LAST_COMMAND_EXPECTED);
+        }
+        if chain.data.len() + data.len() > MAX_CHAIN_DATA {
+            self.chain = None;
+            return Response::status(sw::NOT_ENOUGH_MEMORY);
+        }
+        chain.data.extend_from_slice(data);
+        Response::status(sw::OK)
+    }
+
+    /// Sends at most `ne` bytes now; the rest waits for GET RESPONSE (`61xx`).
+    fn limit_response(&mut self, mut data: Vec<u8>, status: u16, ne: usize) -> Response {
+        if data.len() <= ne || data.is_empty() {
+            return Response { data, sw: status };
+        }
+        // Only successful responses carry data, so the final status is 9000.
+        self.pending = data.split_off(ne);
+        // SW2 = 00 means "256 bytes or more".
+        let remaining = u8::try_from(self.pending.len()).unwrap_or(0);
+        Response {
+            data,
+            sw: sw::MORE_DATA | u16::from(remaining),
+        }
+    }
+
+    fn get_response(&mut self, command: &Command<'_>) -> Response {
+        if command.p1 != 0 || command.p2 != 0 {
+            return Response::status(sw::WRONG_P1P2);
+        }
+        if self.pending.is_empty() {
+            return Response::status(sw::CONDITIONS);
+        }
+        let ne = if command.ne == 0 { 256 } else { command.ne };
+        let data = core::mem::take(&mut self.pending);
+        self.limit_response(data, sw::OK, ne)
+    }
+
+    /// Runs one complete (unchained) command. Returns response data and status.
+    fn dispatch(&mut self, header: [u8; 4], data: &[u8]) -> (Vec<u8>, u16) {
+        let [cla, instruction, p1, p2] = header;
+        if instruction == ins::SELECT {
+            return finish(self.select(cla, p1, p2, data));
+        }
+        if !self.selected {
+            return (Vec::new(), sw::CONDITIONS);
+        }
+        if cla & CLA_SM == CLA_SM {
+            return self.dispatch_secured(header, data);
+        }
+        if cla != 0 {
+            return (Vec::new(), sw::SM_NOT_SUPPORTED);
+        }
+        let outcome = match instruction {
+            ins::GET_DATA => self.get_data(p1, p2),
+            ins::GENERATE_KEY => self.generate_plain(p1, p2, data),
+            ins::PUT_DATA => self.put_data_plain(p1, p2, data),
+            ins::AUTHENTICATE => self.authenticate(p1, p2, data),
+            ins::TERMINATE => Err(Sw(sw::SECURITY_STATUS)),
+            _ => Err(Sw(sw::INS_NOT_SUPPORTED)),
+        };
+        finish(outcome)
+    }
+
+    fn dispatch_secured(&mut self, header: [u8; 4], field: &[u8]) -> (Vec<u8>, u16) {
+        let Session::Established(session) = &mut self.session else {
+            self.session = Session::None;
+            return (Vec::new(), sw::SECURITY_STATUS);
+        };
+        let mut plain = match session.sm.open_command(header, field) {
+            Ok(plain) => plain,
+            Err(_) => {
+                // Any secure-messaging failure closes the channel, same SW for all.
+                self.session = Session::None;
+                return (Vec::new(), sw::SM_INCORRECT);
+            }
+        };
+        let [_, instruction, p1, p2] = header;
+        let outcome = match instruction {
+            ins::GET_DATA => self.get_data(p1, p2),
+            ins::GENERATE_KEY => self.generate_module_key(p1, p2, &plain),
+            ins::PUT_DATA => self.install(p1, p2, &plain),
+            ins::TERMINATE => self.terminate(p1, p2, &plain),
+            _ => Err(Sw(sw::INS_NOT_SUPPORTED)),
+        };
+        plain.zeroize();
+        let (data, status) = finish(outcome);
+        let Session::Established(session) = &mut self.session else {
+            return (Vec::new(), sw::SM_INCORRECT);
+        };
+        match session.sm.seal_response(header, &data, status) {
+            Ok(sealed) => (sealed, sw::OK),
+            Err(_) => {
+                self.session = Session::None;
+                (Vec::new(), sw::SM_INCORRECT)
+            }
+        }
+    }
+
+    fn select(&mut self, cla: u8, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if cla != 0 {
+            return Err(Sw(sw::SM_NOT_SUPPORTED));
+        }
+        // Selecting anything (even ourselves again) ends the channel.
+        self.session = Session::None;
+        if p1 != 0x04 || (p2 & 0xF3) != 0x00 {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        if data != proto::AID {
+            self.selected = false;
+            return Err(Sw(sw::NOT_FOUND));
+        }
+        self.selected = true;
+        let mut proprietary = Vec::new();
+        tlv::write(&mut proprietary, tag::FCI_VERSION, &[proto::COMMAND_SET_VERSION]);
+        if let Some(serial) = &self.serial {
+            tlv::write(&mut proprietary, tag::FCI_SERIAL, serial);
+        }
+        tlv::write(&mut proprietary, tag::FCI_LIFECYCLE, &[self.records.lifecycle.code()]);
+        let mut fci = Vec::new();
+        tlv::write(&mut fci, tag::FCI_AID, &proto::AID);
+        tlv::write(&mut fci, tag::FCI_PROPRIETARY, &proprietary);
+        Ok(tlv::encode(tag::FCI, &fci))
+    }
+
+    fn get_data(&mut self, p1: u8, p2: u8) -> Outcome {
+        let records = &self.records;
+        let object = match u32::from(u16::from_be_bytes([p1, p2])) {
+            tag::IDENTITY_CERT => records.identity_cert.clone(),
+            tag::CHECKING_CERT => records.checking_cert.clone(),
+            tag::MODULE_CERT => records.module_cert.clone(),
+            tag::UNIT_CERT => records.unit_cert.clone(),
+            tag::CENTRAL_CERT => records.central_cert.clone(),
+            tag::IDENTITY_PUBLIC_KEY => self
+                .memory
+                .public_key(KeySlot::Identity)?
+                .map(|key| public_key_template(&key)),
+            _ => return Err(Sw(sw::DATA_NOT_FOUND)),
+        };
+        object.ok_or(Sw(sw::DATA_NOT_FOUND))
+    }
+
+    /// GENERATE ASYMMETRIC KEY PAIR for the identity key, at manufacture (claim 8).
+    fn generate_plain(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if p1 != proto::P1_GENERATE {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        match p2 {
+            proto::KEY_REF_IDENTITY => {}
+            // The module key is only ever generated inside the channel.
+            proto::KEY_REF_MODULE => return Err(Sw(sw::SECURITY_STATUS)),
+            _ => return Err(Sw(sw::WRONG_P1P2)),
+        }
+        if !data.is_empty() {
+            return Err(Sw(sw::WRONG_DATA));
+        }
+        if self.records.lifecycle != Lifecycle::Manufactured || self.serial.is_some() {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        let key = self.memory.generate(KeySlot::Identity, &[])?;
+        let point = encode_point(&key);
+        self.serial = Some(pki::serial_from_public_key(&point));
+        Ok(public_key_template(&key))
+    }
+
+    /// PUT DATA at manufacture: the checking certificate and the identity certificate.
+    fn put_data_plain(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if u16::from_be_bytes([p1, p2]) != proto::PUT_DATA_TLV {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        if self.records.lifecycle != Lifecycle::Manufactured {
+            // Outside manufacture, PUT DATA only exists inside the channel.
+            return Err(Sw(if self.records.checking_cert.is_some() {
+                sw::SECURITY_STATUS
+            } else {
+                sw::CONDITIONS
+            }));
+        }
+        let identity_key = self.memory.public_key(KeySlot::Identity)?.ok_or(Sw(sw::CONDITIONS))?;
+        let [root, identity] = tlv::decode_fields(data, [tag::CHECKING_CERT, tag::IDENTITY_CERT])?;
+        let root = Certificate::from_der(tlv::required(root, tag::CHECKING_CERT)?)?;
+        let identity = Certificate::from_der(tlv::required(identity, tag::IDENTITY_CERT)?)?;
+        pki::verify_self_signed_root(&root, pki::Role::Manufacturer)?;
+        expect_role(&identity, pki::Role::ModuleIdentity)?;
+        pki::verify_issued_by(&identity, &root, 0)?;
+        if identity.public_key_sec1() != encode_point(&identity_key) {
+            return Err(Sw(sw::SECURITY_STATUS));
+        }
+        let serial = self.serial.ok_or(Sw(sw::CONDITIONS))?;
+        if identity.module_serial() != Some(pki::serial_hex(&serial).as_str()) {
+            return Err(Sw(sw::SECURITY_STATUS));
+        }
+        let mut records = self.records.clone();
+        records.checking_cert = Some(root.der().to_vec());
+        records.identity_cert = Some(identity.der().to_vec());
+        records.time_watermark = records
+            .time_watermark
+            .max(root.not_before_unix())
+            .max(identity.not_before_unix());
+        records.lifecycle = Lifecycle::Personalization;
+        self.commit(records)?;
+        Ok(Vec::new())
+    }
+
+    /// MUTUAL AUTHENTICATE (open) and EXTERNAL AUTHENTICATE (confirm).
+    fn authenticate(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if p1 != proto::SUITE_P384_AES256GCM {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        match p2 {
+            proto::AUTH_STEP_OPEN => {
+                self.session = Session::None;
+                self.open_channel(data)
+            }
+            proto::AUTH_STEP_CONFIRM => {
+                let session = core::mem::replace(&mut self.session, Session::None);
+                let Session::Opened(opening) = session else {
+                    return Err(Sw(sw::CONDITIONS));
+                };
+                self.confirm_channel(*opening, data)
+            }
+            _ => Err(Sw(sw::WRONG_P1P2)),
+        }
+    }
+
+    fn open_channel(&mut self, data: &[u8]) -> Outcome {
+        if !matches!(
+            self.records.lifecycle,
+            Lifecycle::Personalization | Lifecycle::Operating
+        ) {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        let (Some(root_der), Some(identity_der)) = (&self.records.checking_cert, &self.records.identity_cert)
+        else {
+            return Err(Sw(sw::CONDITIONS));
+        };
+        let template = tlv::decode_single(data, tag::DYN_AUTH)?;
+        let [cert, ephemeral, challenge] = tlv::decode_fields(
+            template,
+            [tag::AUTH_CERTIFICATE, tag::AUTH_EPHEMERAL, tag::AUTH_CHALLENGE],
+        )?;
+        let unit_cert_der = tlv::required(cert, tag::AUTH_CERTIFICATE)?;
+        let unit_ephemeral = tlv::required(ephemeral, tag::AUTH_EPHEMERAL)?;
+        let unit_challenge: [u8; len::CHALLENGE] = tlv::required_array(challenge, tag::AUTH_CHALLENGE)?;
+        let peer = parse_point(unit_ephemeral).map_err(|_| Sw(sw::WRONG_DATA))?;
+
+        // Claim 7: the unit's certificate is checked with the manufacturer's
+        // checking key before anything else is done for this unit.
+        let unit_cert = Certificate::from_der(unit_cert_der)?;
+        let root = Certificate::from_der(root_der).map_err(|_| Sw(sw::MEMORY_FAILURE))?;
+        expect_role(&unit_cert, pki::Role::Personalizer)?;
+        pki::verify_issued_by(&unit_cert, &root, 0)?;
+        pki::check_not_expired(&unit_cert, self.records.time_watermark)?;
+
+        let mut randomness = zeroize::Zeroizing::new([0u8; 48]);
+        self.memory.random(&mut randomness[..])?;
+        let ephemeral_secret = derive_scalar(&randomness, &[], b"ephemeral").ok_or(Sw(sw::UNKNOWN))?;
+        let ephemeral_point = encode_point(&PublicKey::from_secret_scalar(&ephemeral_secret));
+        let mut module_challenge = [0u8; len::CHALLENGE];
+        self.memory.random(&mut module_challenge)?;
+        let mut nonce = [0u8; pki::NONCE_LEN];
+        self.memory.random(&mut nonce)?;
+
+        let th = HandshakeValues {
+            unit_cert_hash: &sha384(unit_cert_der),
+            unit_ephemeral,
+            unit_challenge: &unit_challenge,
+            module_cert_hash: &sha384(identity_der),
+            module_ephemeral: &ephemeral_point,
+            module_challenge: &module_challenge,
+            module_nonce: &nonce,
+        }
+        .transcript_hash(ChannelKind::Personalization);
+        let keys = SessionKeys::derive(&ephemeral_secret, &peer, &th);
+        let signature = self
+            .memory
+            .sign_digest(KeySlot::Identity, &channel::signed_digest(Role::Module, &th))?;
+        let confirmation = keys.confirmation(Role::Module, &th).map_err(|_| Sw(sw::UNKNOWN))?;
+
+        let mut template = Vec::with_capacity(1024);
+        tlv::write(&mut template, tag::AUTH_CERTIFICATE, identity_der);
+        tlv::write(&mut template, tag::AUTH_EPHEMERAL, &ephemeral_point);
+        tlv::write(&mut template, tag::AUTH_CHALLENGE, &module_challenge);
+        tlv::write(&mut template, tag::AUTH_NONCE, &nonce);
+        tlv::write(&mut template, tag::AUTH_SIGNATURE, &signature.to_bytes());
+        tlv::write(&mut template, tag::AUTH_CONFIRMATION, &confirmation);
+        self.session = Session::Opened(Box::new(Opening {
+            keys,
+            th,
+            unit_cert,
+            nonce,
+        }));
+        Ok(tlv::encode(tag::DYN_AUTH, &template))
+    }
+
+    fn confirm_channel(&mut self, opening: Opening, data: &[u8]) -> Outcome {
+        let template = tlv::decode_single(data, tag::DYN_AUTH)?;
+        let [signature, confirmation] =
+            tlv::decode_fields(template, [tag::AUTH_SIGNATURE, tag::AUTH_CONFIRMATION])?;
+        let signature = tlv::required(signature, tag::AUTH_SIGNATURE)?;
+        let confirmation = tlv::required(confirmation, tag::AUTH_CONFIRMATION)?;
+        let digest = channel::signed_digest(Role::Unit, &opening.th);
+        channel::verify_raw_signature(opening.unit_cert.public_key(), &digest, signature)
+            .map_err(|_| Sw(sw::AUTHENTICATION_FAILED))?;
+        opening
+            .keys
+            .verify_confirmation(Role::Unit, &opening.th, confirmation)
+            .map_err(|_| Sw(sw::AUTHENTICATION_FAILED))?;
+        let Opening {
+            keys,
+            th,
+            unit_cert,
+            nonce,
+        } = opening;
+        self.session = Session::Established(Box::new(Established {
+            sm: keys.into_secure_messaging(),
+            th,
+            unit_cert,
+            nonce,
+            generated: None,
+        }));
+        Ok(Vec::new())
+    }
+
+    /// GENERATE ASYMMETRIC KEY PAIR for the module key (claims 1, 2, 10).
+    fn generate_module_key(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if p1 != proto::P1_GENERATE || p2 != proto::KEY_REF_MODULE {
+            return Err(Sw(if p2 == proto::KEY_REF_IDENTITY { sw::CONDITIONS } else { sw::WRONG_P1P2 }));
+        }
+        if self.records.lifecycle != Lifecycle::Personalization {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        let [variation] = tlv::decode_fields(data, [tag::VARIATION])?;
+        let variation = tlv::required(variation, tag::VARIATION)?;
+        if variation.is_empty() || variation.len() > len::VARIATION_MAX {
+            return Err(Sw(sw::WRONG_DATA));
+        }
+        let th = match &self.session {
+            Session::Established(session) => session.th,
+            _ => return Err(Sw(sw::SECURITY_STATUS)),
+        };
+        // Forget any key generated earlier in this session before replacing it.
+        if let Session::Established(session) = &mut self.session {
+            session.generated = None;
+        }
+        let key = self.memory.generate(KeySlot::Module, variation)?;
+        let point = encode_point(&key);
+        let proof = self.memory.sign_digest(
+            KeySlot::Module,
+            &channel::possession_digest(&th, &point, variation),
+        )?;
+        if let Session::Established(session) = &mut self.session {
+            session.generated = Some(key);
+        }
+        let mut out = public_key_template(&key);
+        tlv::write(&mut out, tag::SIGNATURE, &proof.to_bytes());
+        Ok(out)
+    }
+
+    /// PUT DATA of the certificate bundle: verify everything, commit, OPERATING.
+    fn install(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if u16::from_be_bytes([p1, p2]) != proto::PUT_DATA_TLV {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        if self.records.lifecycle != Lifecycle::Personalization {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        let Session::Established(session) = &self.session else {
+            return Err(Sw(sw::SECURITY_STATUS));
+        };
+        let generated = session.generated.ok_or(Sw(sw::CONDITIONS))?;
+        let [module, unit, central] =
+            tlv::decode_fields(data, [tag::MODULE_CERT, tag::UNIT_CERT, tag::CENTRAL_CERT])?;
+        let module = Certificate::from_der(tlv::required(module, tag::MODULE_CERT)?)?;
+        let unit_by_central = Certificate::from_der(tlv::required(unit, tag::UNIT_CERT)?)?;
+        let central = Certificate::from_der(tlv::required(central, tag::CENTRAL_CERT)?)?;
+        let unit_by_manufacturer = &session.unit_cert;
+        let watermark = self.records.time_watermark;
+
+        // Claim 5: the central key, certified by the unit that authenticated.
+        expect_role(&central, pki::Role::CentralDelivery)?;
+        pki::verify_issued_by(&central, unit_by_manufacturer, 0)?;
+        // Claim 6: the unit's key, certified by the central system.
+        expect_role(&unit_by_central, pki::Role::Personalizer)?;
+        if unit_by_central.public_key_sec1() != unit_by_manufacturer.public_key_sec1()
+            || unit_by_central.subject_der() != unit_by_manufacturer.subject_der()
+        {
+            return Err(Sw(sw::SECURITY_STATUS));
+        }
+        pki::verify_issued_by(&unit_by_central, &central, 1)?;
+        // Claims 1 and 9: the module certificate, for the key just generated,
+        // carrying this session's nonce and this module's serial.
+        expect_role(&module, pki::Role::ModuleKey)?;
+        pki::verify_issued_by(&module, &unit_by_central, 0)?;
+        if module.public_key_sec1() != encode_point(&generated) {
+            return Err(Sw(sw::SECURITY_STATUS));
+        }
+        if module.nonce() != Some(session.nonce) {
+            return Err(Sw(sw::SECURITY_STATUS));
+        }
+        let serial = self.serial.ok_or(Sw(sw::CONDITIONS))?;
+        if module.module_serial() != Some(pki::serial_hex(&serial).as_str()) {
+            return Err(Sw(sw::SECURITY_STATUS));
+        }
+        for cert in [&module, &unit_by_central, &central] {
+            pki::check_not_expired(cert, watermark)?;
+        }
+
+        let mut records = self.records.clone();
+        records.module_cert = Some(module.der().to_vec());
+        records.unit_cert = Some(unit_by_central.der().to_vec());
+        records.central_cert = Some(central.der().to_vec());
+        records.time_watermark = [&module, &unit_by_central, &central, unit_by_manufacturer]
+            .iter()
+            .map(|cert| cert.not_before_unix())
+            .fold(watermark, u64::max);
+        records.lifecycle = Lifecycle::Operating;
+        records.personalizations = records.personalizations.saturating_add(1);
+        self.commit(records)?;
+        if let Session::Established(session) = &mut self.session {
+            session.generated = None;
+        }
+        Ok(Vec::new())
+    }
+
+    /// TERMINATE: back to PERSONALIZATION, erasing operational material (claim 2).
+    fn terminate(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if p1 != 0 || p2 != 0 {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        if !data.is_empty() {
+            return Err(Sw(sw::WRONG_DATA));
+        }
+        if !matches!(
+            self.records.lifecycle,
+            Lifecycle::Personalization | Lifecycle::Operating
+        ) {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        // Records first: once they say PERSONALIZATION the module key is
+        // unusable, so a crash before the key is erased leaves nothing operational.
+        let mut records = self.records.clone();
+        records.erase_operational();
+        records.lifecycle = Lifecycle::Personalization;
+        self.commit(records)?;
+        self.memory.erase(KeySlot::Module)?;
+        if let Session::Established(session) = &mut self.session {
+            session.generated = None;
+        }
+        Ok(Vec::new())
+    }
+
+    fn commit(&mut self, records: Records) -> Result<(), Sw> {
+        match self.memory.commit(&records) {
+            Ok(()) => {
+                self.records = records;
+                Ok(())
+            }
+            Err(err) => {
+                // Re-read what is really committed; keep the cache if even that fails.
+                if let Ok(committed) = self.memory.load() {
+                    self.records = committed;
+                }
+                Err(err.into())
+            }
+        }
+    }
+}
+
+fn finish(outcome: Outcome) -> (Vec<u8>, u16) {
+    match outcome {
+        Ok(data) => (data, sw::OK),
+        Err(Sw(status)) => (Vec::new(), status),
+    }
+}
+
+fn expect_role(cert: &Certificate, role: pki::Role) -> Result<(), Sw> {
+    if cert.role() == role {
+        Ok(())
+    } else {
+        Err(Sw(sw::SECURITY_STATUS))
+    }
+}
+
+/// `7F49 { 86 <point> }`.
+pub fn public_key_template(key: &PublicKey) -> Vec<u8> {
+    tlv::encode(tag::PUBLIC_KEY, &tlv::encode(tag::EC_POINT, &encode_point(key)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,820 @@
+//! The personalization unit's flow (claims 1–10) as a sans-IO state machine,
+//! and [`personalize`], its blocking driver.
+//!
+//! APDUs of a first personalization (5): SELECT, MUTUAL AUTHENTICATE,
+//! EXTERNAL AUTHENTICATE, GENERATE ASYMMETRIC KEY PAIR, PUT DATA (bundle).
+//! A re-personalization adds TERMINATE after the handshake (6).
+
+use std::time::{Duration, Instant};
+
+use p384::ecdsa::signature::hazmat::RandomizedPrehashSigner;
+use p384::{NonZeroScalar, PublicKey};
+use zeroize::Zeroizing;
+
+use super::credentials::{CredentialsError, UnitCredentials};
+use super::transport::{CardLink, Transport, TransportError};
+use crate::channel::{
+    self, ChannelKind, Digest48, HandshakeValues, Role, SecureMessaging, SessionKeys, derive_scalar, encode_point,
+    parse_point, sha384,
+};
+use crate::iso::{CLA_SM, Response, sw};
+use crate::pki::issue::{self, IssueError, IssuerKey, Validity};
+use crate::pki::{self, Certificate, PkiError};
+use crate::proto::{self, Lifecycle, ins, len, tag};
+use crate::tlv;
+
+/// Choices for one personalization.
+pub struct PersonalizationOptions {
+    /// The variation value sent to the module for key generation (claim 10), 1–64 bytes.
+    pub variation: Vec<u8>,
+    /// Lifetime of the module certificate (clamped to the unit's own certificate).
+    pub validity_years: u32,
+    /// Who signs the module certificate. `None`: the unit's own key.
+    pub issuer: Option<Box<dyn ModuleCertificateIssuer>>,
+}
+
+impl Default for PersonalizationOptions {
+    fn default() -> Self {
+        Self {
+            variation: b"imprint".to_vec(),
+            validity_years: 5,
+            issuer: None,
+        }
+    }
+}
+
+/// What the module asked to be certified.
+#[derive(Debug, Clone)]
+pub struct ModuleCertificateRequest {
+    /// The module serial (from its identity certificate).
+    pub serial: String,
+    /// The new module public key, uncompressed SEC1.
+    pub public_key: Vec<u8>,
+    /// The module's nonce for this personalization (claim 9).
+    pub nonce: [u8; pki::NONCE_LEN],
+    /// Validity to use.
+    pub validity: Validity,
+}
+
+/// Signs module certificates. The default uses the unit's key; an HSM-backed
+/// unit supplies its own.
+pub trait ModuleCertificateIssuer {
+    /// Issues the certificate for `request` under the unit's key.
+    fn issue(&self, unit: &UnitCredentials, request: &ModuleCertificateRequest) -> Result<Certificate, IssueError>;
+}
+
+struct UnitKeyIssuer;
+
+impl ModuleCertificateIssuer for UnitKeyIssuer {
+    fn issue(&self, unit: &UnitCredentials, request: &ModuleCertificateRequest) -> Result<Certificate, IssueError> {
+        issue::module_cert(
+            IssuerKey {
+                cert: &unit.cert_by_central,
+                key: &unit.key,
+            },
+            &request.serial,
+            &request.public_key,
+            &request.nonce,
+            request.validity,
+        )
+    }
+}
+
+/// A module certificate the unit has issued and must journal before sending.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// Module serial.
+    pub serial: String,
+    /// The certificate.
+    pub certificate: Certificate,
+    /// The module's nonce it carries.
+    pub nonce: [u8; pki::NONCE_LEN],
+}
+
+/// A journal failure.
+#[derive(Debug, thiserror::Error)]
+#[error("issuance journal failure: {0}")]
+pub struct JournalError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Where every issued certificate is recorded before it leaves the unit.
+pub trait IssuanceJournal {
+    /// Records an issued certificate durably; returns its journal id.
+    fn record_issued(&mut self, issued: &IssuedCertificate) -> Result<i64, JournalError>;
+    /// Marks an entry installed: the module committed it.
+    fn mark_installed(&mut self, id: i64) -> Result<(), JournalError>;
+    /// Marks an entry failed, with the reason.
+    fn mark_failed(&mut self, id: i64, reason: &str) -> Result<(), JournalError>;
+}
+
+/// Which check of the certificate bundle the module refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleRejection {
+    /// The unit's certificate over the central key.
+    #[error("the unit's certificate over the central key does not verify: {0}")]
+    CentralCertificate(PkiError),
+    /// The unit's certificate issued by the central system.
+    #[error("the unit certificate is not signed by the central system: {0}")]
+    UnitCertificate(PkiError),
+    /// The unit's central-issued certificate is for another key or subject.
+    #[error("the unit certificate from the central system is for another unit")]
+    UnitCertificateForeign,
+    /// The module certificate.
+    #[error("the module certificate does not verify: {0}")]
+    ModuleCertificate(PkiError),
+    /// The module certificate is for another key.
+    #[error("the module certificate is for another key")]
+    ModuleKeyMismatch,
+    /// The module certificate lacks this session's nonce.
+    #[error("the module certificate does not carry this personalization's nonce")]
+    NonceMismatch,
+    /// The module certificate names another module.
+    #[error("the module certificate names another module")]
+    SerialMismatch,
+    /// Local checks pass; the module still refused.
+    #[error("the module refused the bundle (6982) for a reason the unit cannot reproduce")]
+    Unexplained,
+}
+
+/// Why the module refused the unit in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnitRejection {
+    /// The module's checking key does not verify the unit's certificate.
+    #[error("its certificate is not signed by the manufacturer checking key")]
+    NotSignedByManufacturer,
+    /// The unit's certificate expired before the module's time watermark.
+    #[error("its certificate has expired")]
+    Expired,
+    /// The unit's signature or key confirmation failed.
+    #[error("its authentication failed")]
+    AuthenticationFailed,
+}
+
+/// Why the unit refused the module.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModuleCheck {
+    /// The identity certificate is not a module identity issued by the manufacturer.
+    #[error("its identity certificate is not issued by the manufacturer: {0}")]
+    IdentityCertificate(PkiError),
+    /// The identity certificate names another serial than the module reports.
+    #[error("its identity certificate names another module")]
+    SerialMismatch,
+    /// The transcript signature by the identity key failed (claim 8).
+    #[error("its identity signature does not verify")]
+    IdentitySignature,
+    /// Key confirmation failed.
+    #[error("its key confirmation does not verify")]
+    KeyConfirmation,
+    /// The proof of possession of the new module key failed.
+    #[error("its proof of possession of the new key does not verify")]
+    Possession,
+}
+
+/// A personalization failure, precise enough for an operator to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum PersonalizeError {
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The module answered a command with an error status.
+    #[error("module answered {sw:04X} ({meaning}) to {step}", meaning = super::status_meaning(*sw))]
+    Status {
+        /// The command.
+        step: &'static str,
+        /// Its status word.
+        sw: u16,
+    },
+    /// The module has no identity certificate yet.
+    #[error("module is not manufactured yet (state MANUFACTURED): run the manufacturer first")]
+    NotManufactured,
+    /// The module did not accept the unit.
+    #[error("module rejected the personalization unit: {0}")]
+    UnitRejected(UnitRejection),
+    /// The module failed the unit's checks.
+    #[error("module is not authentic: {0}")]
+    ModuleNotAuthentic(ModuleCheck),
+    /// The module refused the certificates.
+    #[error("module rejected the certificates: {0}")]
+    CertificatesRejected(BundleRejection),
+    /// Secure messaging failed; the channel is closed.
+    #[error("secure channel failure in {0}: the channel is closed")]
+    ChannelClosed(&'static str),
+    /// A response the unit cannot decode.
+    #[error("malformed response to {0}")]
+    Malformed(&'static str),
+    /// The state machine was driven out of order.
+    #[error("personalization flow driven out of order")]
+    OutOfOrder,
+    /// Issuing the module certificate failed.
+    #[error("issuing the module certificate failed: {0}")]
+    Issue(#[from] IssueError),
+    /// The journal failed; nothing was sent.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The unit's own credentials are inconsistent.
+    #[error("personalization unit misconfigured: {0}")]
+    Credentials(#[from] CredentialsError),
+    /// The OS random generator failed.
+    #[error("random generator failure")]
+    Random,
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this command (header and data field) and feed the response back.
+    Send {
+        /// CLA INS P1 P2.
+        header: [u8; 4],
+        /// Command data field.
+        data: Vec<u8>,
+    },
+    /// Record this certificate in the journal, then call [`Personalization::recorded`].
+    Record(IssuedCertificate),
+    /// Finished; the module is OPERATING.
+    Done,
+}
+
+enum State {
+    Select,
+    Open,
+    Confirm,
+    Terminate,
+    Generate,
+    Issue,
+    AwaitRecord,
+    Install,
+    Done,
+}
+
+struct Handshake {
+    secret: NonZeroScalar,
+    point: Vec<u8>,
+    challenge: [u8; len::CHALLENGE],
+}
+
+struct Channel {
+    sm: SecureMessaging,
+    th: Digest48,
+    nonce: [u8; pki::NONCE_LEN],
+}
+
+/// The unit's side of one personalization.
+pub struct Personalization<'u> {
+    unit: &'u UnitCredentials,
+    options: PersonalizationOptions,
+    state: State,
+    serial: Option<String>,
+    lifecycle_before: Option<Lifecycle>,
+    handshake: Option<Handshake>,
+    pending_confirmation: Option<(Vec<u8>, Digest48, [u8; pki::NONCE_LEN], SessionKeys)>,
+    channel: Option<Channel>,
+    module_point: Option<Vec<u8>>,
+    issued: Option<IssuedCertificate>,
+    last_header: [u8; 4],
+    reset_only: bool,
+}
+
+impl<'u> Personalization<'u> {
+    /// A flow that only re-enters PERSONALIZATION (claim 2): SELECT, the
+    /// handshake, TERMINATE. The module key and operational certificates are erased.
+    pub fn reset(unit: &'u UnitCredentials) -> Result<Self, PersonalizeError> {
+        let mut flow = Self::new(unit, PersonalizationOptions::default())?;
+        flow.reset_only = true;
+        Ok(flow)
+    }
+
+    /// Starts a personalization with `unit`'s credentials.
+    pub fn new(unit: &'u UnitCredentials, options: PersonalizationOptions) -> Result<Self, PersonalizeError> {
+        unit.check()?;
+        if options.variation.is_empty() || options.variation.len() > len::VARIATION_MAX {
+            return Err(PersonalizeError::Malformed("the variation value (must be 1 to 64 bytes)"));
+        }
+        Ok(Self {
+            unit,
+            options,
+            state: State::Select,
+            serial: None,
+            lifecycle_before: None,
+            handshake: None,
+            pending_confirmation: None,
+            channel: None,
+            module_point: None,
+            issued: None,
+            last_header: [0; 4],
+            reset_only: false,
+        })
+    }
+
+    /// The module serial, once known.
+    pub fn serial(&self) -> Option<&str> {
+        self.serial.as_deref()
+    }
+
+    /// The lifecycle the module reported when selected.
+    pub fn lifecycle_before(&self) -> Option<Lifecycle> {
+        self.lifecycle_before
+    }
+
+    /// The certificate issued in this run, once issued.
+    pub fn issued(&self) -> Option<&IssuedCertificate> {
+        self.issued.as_ref()
+    }
+
+    /// The next action.
+    pub fn next_action(&mut self) -> Result<Action, PersonalizeError> {
+        let action = match self.state {
+            State::Select => plain([0x00, ins::SELECT, 0x04, 0x00], proto::AID.to_vec()),
+            State::Open => {
+                let mut randomness = Zeroizing::new([0u8; 48]);
+                getrandom::fill(&mut randomness[..]).map_err(|_| PersonalizeError::Random)?;
+                let secret = derive_scalar(&randomness, &[], b"ephemeral").ok_or(PersonalizeError::Random)?;
+                let point = encode_point(&PublicKey::from_secret_scalar(&secret));
+                let mut challenge = [0u8; len::CHALLENGE];
+                getrandom::fill(&mut challenge).map_err(|_| PersonalizeError::Random)?;
+                let mut template = Vec::with_capacity(1024);
+                tlv::write(&mut template, tag::AUTH_CERTIFICATE, self.unit.cert_by_manufacturer.der());
+                tlv::write(&mut template, tag::AUTH_EPHEMERAL, &point);
+                tlv::write(&mut template, tag::AUTH_CHALLENGE, &challenge);
+                self.handshake = Some(Handshake {
+                    secret,
+                    point,
+                    challenge,
+                });
+                plain(
+                    auth_header(proto::AUTH_STEP_OPEN),
+                    tlv::encode(tag::DYN_AUTH, &template),
+                )
+            }
+            State::Confirm => {
+                let (_, th, _, keys) = self
+                    .pending_confirmation
+                    .as_ref()
+                    .ok_or(PersonalizeError::OutOfOrder)?;
+                let digest = channel::signed_digest(Role::Unit, th);
+                let signature: p384::ecdsa::Signature = self
+                    .unit
+                    .key
+                    .sign_prehash_with_rng(&mut getrandom::SysRng, &digest)
+                    .map_err(|_| PersonalizeError::Random)?;
+                let confirmation = keys
+                    .confirmation(Role::Unit, th)
+                    .map_err(|_| PersonalizeError::Random)?;
+                let mut template = Vec::new();
+                tlv::write(&mut template, tag::AUTH_SIGNATURE, &signature.to_bytes());
+                tlv::write(&mut template, tag::AUTH_CONFIRMATION, &confirmation);
+                plain(
+                    auth_header(proto::AUTH_STEP_CONFIRM),
+                    tlv::encode(tag::DYN_AUTH, &template),
+                )
+            }
+            State::Terminate => self.secured([CLA_SM, ins::TERMINATE, 0, 0], &[])?,
+            State::Generate => {
+                let data = tlv::encode(tag::VARIATION, &self.options.variation);
+                self.secured(
+                    [CLA_SM, ins::GENERATE_KEY, proto::P1_GENERATE, proto::KEY_REF_MODULE],
+                    &data,
+                )?
+            }
+            State::Issue => {
+                let issued = self.issue()?;
+                self.state = State::AwaitRecord;
+                Action::Record(issued)
+            }
+            State::AwaitRecord => return Err(PersonalizeError::OutOfOrder),
+            State::Install => {
+                let issued = self.issued.as_ref().ok_or(PersonalizeError::OutOfOrder)?;
+                let mut data = Vec::with_capacity(2048);
+                tlv::write(&mut data, tag::MODULE_CERT, issued.certificate.der());
+                tlv::write(&mut data, tag::UNIT_CERT, self.unit.cert_by_central.der());
+                tlv::write(&mut data, tag::CENTRAL_CERT, self.unit.central_delivery.der());
+                let [p1, p2] = proto::PUT_DATA_TLV.to_be_bytes();
+                self.secured([CLA_SM, ins::PUT_DATA, p1, p2], &data)?
+            }
+            State::Done => Action::Done,
+        };
+        if let Action::Send { header, .. } = &action {
+            self.last_header = *header;
+        }
+        Ok(action)
+    }
+
+    /// Confirms that the certificate from [`Action::Record`] is durably journaled.
+    pub fn recorded(&mut self) -> Result<(), PersonalizeError> {
+        match self.state {
+            State::AwaitRecord => {
+                self.state = State::Install;
+                Ok(())
+            }
+            _ => Err(PersonalizeError::OutOfOrder),
+        }
+    }
+
+    /// Feeds the response to the last [`Action::Send`].
+    pub fn on_response(&mut self, response: &Response) -> Result<(), PersonalizeError> {
+        match self.state {
+            State::Select => self.on_select(response),
+            State::Open => self.on_open(response),
+            State::Confirm => {
+                if response.sw != sw::OK {
+                    return Err(match response.sw {
+                        sw::AUTHENTICATION_FAILED => {
+                            PersonalizeError::UnitRejected(UnitRejection::AuthenticationFailed)
+                        }
+                        other => status("EXTERNAL AUTHENTICATE", other),
+                    });
+                }
+                let (_, th, nonce, keys) = self
+                    .pending_confirmation
+                    .take()
+                    .ok_or(PersonalizeError::OutOfOrder)?;
+                self.channel = Some(Channel {
+                    sm: keys.into_secure_messaging(),
+                    th,
+                    nonce,
+                });
+                self.state = if self.reset_only || self.lifecycle_before == Some(Lifecycle::Operating) {
+                    State::Terminate
+                } else {
+                    State::Generate
+                };
+                Ok(())
+            }
+            State::Terminate => {
+                let (_, inner) = self.open_secured(response, "TERMINATE")?;
+                if inner != sw::OK {
+                    return Err(status("TERMINATE", inner));
+                }
+                self.state = if self.reset_only { State::Done } else { State::Generate };
+                Ok(())
+            }
+            State::Generate => self.on_generate(response),
+            State::Install => {
+                let (_, inner) = self.open_secured(response, "PUT DATA (certificates)")?;
+                match inner {
+                    sw::OK => {
+                        self.state = State::Done;
+                        Ok(())
+                    }
+                    sw::SECURITY_STATUS => Err(PersonalizeError::CertificatesRejected(self.diagnose_bundle())),
+                    other => Err(status("PUT DATA (certificates)", other)),
+                }
+            }
+            State::Issue | State::AwaitRecord | State::Done => Err(PersonalizeError::OutOfOrder),
+        }
+    }
+
+    fn on_select(&mut self, response: &Response) -> Result<(), PersonalizeError> {
+        if response.sw != sw::OK {
+            return Err(status("SELECT", response.sw));
+        }
+        let info = SelectInfo::parse(&response.data).ok_or(PersonalizeError::Malformed("SELECT"))?;
+        self.lifecycle_before = Some(info.lifecycle);
+        if info.lifecycle == Lifecycle::Manufactured {
+            return Err(PersonalizeError::NotManufactured);
+        }
+        self.serial = info.serial.map(|serial| pki::serial_hex(&serial));
+        self.state = State::Open;
+        Ok(())
+    }
+
+    fn on_open(&mut self, response: &Response) -> Result<(), PersonalizeError> {
+        const STEP: &str = "MUTUAL AUTHENTICATE";
+        if response.sw != sw::OK {
+            return Err(match response.sw {
+                sw::SECURITY_STATUS => PersonalizeError::UnitRejected(self.diagnose_unit()),
+                other => status(STEP, other),
+            });
+        }
+        let handshake = self.handshake.take().ok_or(PersonalizeError::OutOfOrder)?;
+        let malformed = |_| PersonalizeError::Malformed(STEP);
+        let template = tlv::decode_single(&response.data, tag::DYN_AUTH).map_err(malformed)?;
+        let [cert, ephemeral, challenge, nonce, signature, confirmation] = tlv::decode_fields(
+            template,
+            [
+                tag::AUTH_CERTIFICATE,
+                tag::AUTH_EPHEMERAL,
+                tag::AUTH_CHALLENGE,
+                tag::AUTH_NONCE,
+                tag::AUTH_SIGNATURE,
+                tag::AUTH_CONFIRMATION,
+            ],
+        )
+        .map_err(malformed)?;
+        let identity_der = tlv::required(cert, tag::AUTH_CERTIFICATE).map_err(malformed)?;
+        let module_ephemeral = tlv::required(ephemeral, tag::AUTH_EPHEMERAL).map_err(malformed)?;
+        let module_challenge: [u8; len::CHALLENGE] =
+            tlv::required_array(challenge, tag::AUTH_CHALLENGE).map_err(malformed)?;
+        let nonce: [u8; pki::NONCE_LEN] = tlv::required_array(nonce, tag::AUTH_NONCE).map_err(malformed)?;
+        let signature = tlv::required(signature, tag::AUTH_SIGNATURE).map_err(malformed)?;
+        let confirmation = tlv::required(confirmation, tag::AUTH_CONFIRMATION).map_err(malformed)?;
+
+        // Claim 8: the module proves its identity key, certified by the manufacturer.
+        let not_authentic = PersonalizeError::ModuleNotAuthentic;
+        let identity = Certificate::from_der(identity_der)
+            .map_err(|err| not_authentic(ModuleCheck::IdentityCertificate(err)))?;
+        if identity.role() != pki::Role::ModuleIdentity {
+            return Err(not_authentic(ModuleCheck::IdentityCertificate(PkiError::WrongRole {
+                expected: pki::Role::ModuleIdentity,
+            })));
+        }
+        pki::verify_issued_by(&identity, &self.unit.manufacturer_root, 0)
+            .map_err(|err| not_authentic(ModuleCheck::IdentityCertificate(err)))?;
+        if identity.module_serial() != self.serial.as_deref() {
+            return Err(not_authentic(ModuleCheck::SerialMismatch));
+        }
+        let peer = parse_point(module_ephemeral).map_err(|_| PersonalizeError::Malformed(STEP))?;
+        let th = HandshakeValues {
+            unit_cert_hash: &sha384(self.unit.cert_by_manufacturer.der()),
+            unit_ephemeral: &handshake.point,
+            unit_challenge: &handshake.challenge,
+            module_cert_hash: &sha384(identity_der),
+            module_ephemeral,
+            module_challenge: &module_challenge,
+            module_nonce: &nonce,
+        }
+        .transcript_hash(ChannelKind::Personalization);
+        channel::verify_raw_signature(
+            identity.public_key(),
+            &channel::signed_digest(Role::Module, &th),
+            signature,
+        )
+        .map_err(|_| not_authentic(ModuleCheck::IdentitySignature))?;
+        let keys = SessionKeys::derive(&handshake.secret, &peer, &th);
+        keys.verify_confirmation(Role::Module, &th, confirmation)
+            .map_err(|_| not_authentic(ModuleCheck::KeyConfirmation))?;
+        self.pending_confirmation = Some((identity_der.to_vec(), th, nonce, keys));
+        self.state = State::Confirm;
+        Ok(())
+    }
+
+    fn on_generate(&mut self, response: &Response) -> Result<(), PersonalizeError> {
+        const STEP: &str = "GENERATE ASYMMETRIC KEY PAIR";
+        let (data, inner) = self.open_secured(response, STEP)?;
+        if inner != sw::OK {
+            return Err(status(STEP, inner));
+        }
+        let malformed = |_| PersonalizeError::Malformed(STEP);
+        let [key, proof] = tlv::decode_fields(&data, [tag::PUBLIC_KEY, tag::SIGNATURE]).map_err(malformed)?;
+        let key = tlv::required(key, tag::PUBLIC_KEY).map_err(malformed)?;
+        let point = tlv::decode_single(key, tag::EC_POINT).map_err(malformed)?;
+        let public = parse_point(point).map_err(|_| PersonalizeError::Malformed(STEP))?;
+        let proof = tlv::required(proof, tag::SIGNATURE).map_err(malformed)?;
+        let channel = self.channel.as_ref().ok_or(PersonalizeError::OutOfOrder)?;
+        let digest = channel::possession_digest(&channel.th, point, &self.options.variation);
+        channel::verify_raw_signature(&p384::ecdsa::VerifyingKey::from(&public), &digest, proof)
+            .map_err(|_| PersonalizeError::ModuleNotAuthentic(ModuleCheck::Possession))?;
+        self.module_point = Some(point.to_vec());
+        self.state = State::Issue;
+        Ok(())
+    }
+
+    fn issue(&mut self) -> Result<IssuedCertificate, PersonalizeError> {
+        let channel = self.channel.as_ref().ok_or(PersonalizeError::OutOfOrder)?;
+        let serial = self.serial.clone().ok_or(PersonalizeError::OutOfOrder)?;
+        let public_key = self.module_point.clone().ok_or(PersonalizeError::OutOfOrder)?;
+        let request = ModuleCertificateRequest {
+            serial: serial.clone(),
+            public_key,
+            nonce: channel.nonce,
+            validity: nested_validity(&self.unit.cert_by_central, self.options.validity_years),
+        };
+        let certificate = match &self.options.issuer {
+            Some(issuer) => issuer.issue(self.unit, &request)?,
+            None => UnitKeyIssuer.issue(self.unit, &request)?,
+        };
+        let issued = IssuedCertificate {
+            serial,
+            certificate,
+            nonce: channel.nonce,
+        };
+        self.issued = Some(issued.clone());
+        Ok(issued)
+    }
+
+    fn secured(&mut self, header: [u8; 4], data: &[u8]) -> Result<Action, PersonalizeError> {
+        let channel = self.channel.as_mut().ok_or(PersonalizeError::OutOfOrder)?;
+        let sealed = channel
+            .sm
+            .seal_command(header, data)
+            .map_err(|_| PersonalizeError::ChannelClosed("sealing a command"))?;
+        Ok(Action::Send { header, data: sealed })
+    }
+
+    fn open_secured(&mut self, response: &Response, step: &'static str) -> Result<(Vec<u8>, u16), PersonalizeError> {
+        if response.sw != sw::OK {
+            self.channel = None;
+            return Err(match response.sw {
+                sw::SM_INCORRECT | sw::SECURITY_STATUS => PersonalizeError::ChannelClosed(step),
+                other => status(step, other),
+            });
+        }
+        let header = self.last_header;
+        let channel = self.channel.as_mut().ok_or(PersonalizeError::OutOfOrder)?;
+        match channel.sm.open_response(header, &response.data) {
+            Ok(opened) => Ok(opened),
+            Err(_) => {
+                self.channel = None;
+                Err(PersonalizeError::ChannelClosed(step))
+            }
+        }
+    }
+
+    fn diagnose_unit(&self) -> UnitRejection {
+        let cert = &self.unit.cert_by_manufacturer;
+        // Whatever the local view, a 6982 here means the module's checking key
+        // did not accept the unit; expiry is the one cause the unit can tell apart.
+        if pki::verify_issued_by(cert, &self.unit.manufacturer_root, 0).is_ok()
+            && pki::check_not_expired(cert, unix_now()).is_err()
+        {
+            UnitRejection::Expired
+        } else {
+            UnitRejection::NotSignedByManufacturer
+        }
+    }
+
+    fn diagnose_bundle(&self) -> BundleRejection {
+        let unit = self.unit;
+        if let Err(err) = pki::verify_issued_by(&unit.central_delivery, &unit.cert_by_manufacturer, 0) {
+            return BundleRejection::CentralCertificate(err);
+        }
+        if unit.cert_by_central.public_key_sec1() != unit.cert_by_manufacturer.public_key_sec1()
+            || unit.cert_by_central.subject_der() != unit.cert_by_manufacturer.subject_der()
+        {
+            return BundleRejection::UnitCertificateForeign;
+        }
+        if let Err(err) = pki::verify_issued_by(&unit.cert_by_central, &unit.central_delivery, 1) {
+            return BundleRejection::UnitCertificate(err);
+        }
+        let Some(issued) = &self.issued else {
+            return BundleRejection::Unexplained;
+        };
+        let module = &issued.certificate;
+        if let Err(err) = pki::verify_issued_by(module, &unit.cert_by_central, 0) {
+            return BundleRejection::ModuleCertificate(err);
+        }
+        if self.module_point.as_deref() != Some(module.public_key_sec1().as_slice()) {
+            return BundleRejection::ModuleKeyMismatch;
+        }
+        if module.nonce() != self.channel.as_ref().map(|c| c.nonce) {
+            return BundleRejection::NonceMismatch;
+        }
+        if module.module_serial() != self.serial.as_deref() {
+            return BundleRejection::SerialMismatch;
+        }
+        BundleRejection::Unexplained
+    }
+}
+
+fn plain(header: [u8; 4], data: Vec<u8>) -> Action {
+    Action::Send { header, data }
+}
+
+fn auth_header(step: u8) -> [u8; 4] {
+    [0x00, ins::AUTHENTICATE, proto::SUITE_P384_AES256GCM, step]
+}
+
+fn status(step: &'static str, sw: u16) -> PersonalizeError {
+    PersonalizeError::Status { step, sw }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A validity of `years` from now, kept inside `issuer`'s validity (the module
+/// requires nesting because it has no clock).
+pub fn nested_validity(issuer: &Certificate, years: u32) -> Validity {
+    let now = unix_now();
+    let not_before = now.saturating_sub(60).max(issuer.not_before_unix());
+    let not_after = now
+        .saturating_add(u64::from(years) * 365 * 24 * 3600)
+        .min(issuer.not_after_unix());
+    Validity {
+        not_before_unix: not_before,
+        not_after_unix: not_after,
+    }
+}
+
+/// What SELECT reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectInfo {
+    /// Command-set version.
+    pub version: u8,
+    /// Serial, once the identity key exists.
+    pub serial: Option<[u8; pki::SERIAL_LEN]>,
+    /// Lifecycle state.
+    pub lifecycle: Lifecycle,
+}
+
+impl SelectInfo {
+    /// Parses the FCI returned by SELECT.
+    pub fn parse(fci: &[u8]) -> Option<Self> {
+        let fci = tlv::decode_single(fci, tag::FCI).ok()?;
+        let [aid, proprietary] = tlv::decode_fields(fci, [tag::FCI_AID, tag::FCI_PROPRIETARY]).ok()?;
+        if aid? != proto::AID {
+            return None;
+        }
+        let [version, serial, lifecycle] =
+            tlv::decode_fields(proprietary?, [tag::FCI_VERSION, tag::FCI_SERIAL, tag::FCI_LIFECYCLE]).ok()?;
+        let [version] = tlv::required_array::<1>(version, tag::FCI_VERSION).ok()?;
+        let serial = match serial {
+            Some(bytes) => Some(bytes.try_into().ok()?),
+            None => None,
+        };
+        let [lifecycle] = tlv::required_array::<1>(lifecycle, tag::FCI_LIFECYCLE).ok()?;
+        Some(Self {
+            version,
+            serial,
+            lifecycle: Lifecycle::from_code(lifecycle)?,
+        })
+    }
+}
+
+/// The outcome of a personalization run.
+#[derive(Debug, Clone)]
+pub struct PersonalizationReport {
+    /// Module serial.
+    pub serial: String,
+    /// The lifecycle the module was in before.
+    pub lifecycle_before: Lifecycle,
+    /// The installed module certificate.
+    pub certificate: Certificate,
+    /// The journal id of the issuance.
+    pub journal_id: i64,
+    /// APDUs exchanged.
+    pub apdus: u32,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+/// Runs a personalization to the end over `link`, journaling the certificate
+/// before it is sent and marking it installed or failed afterwards.
+pub fn personalize<T: Transport>(
+    link: &mut CardLink<T>,
+    journal: &mut dyn IssuanceJournal,
+    unit: &UnitCredentials,
+    options: PersonalizationOptions,
+) -> Result<PersonalizationReport, PersonalizeError> {
+    let started = Instant::now();
+    let apdus_before = link.apdu_count();
+    let mut flow = Personalization::new(unit, options)?;
+    let mut journal_id = None;
+    let result = drive(link, journal, &mut flow, &mut journal_id);
+    match (&result, journal_id) {
+        (Ok(()), Some(id)) => journal.mark_installed(id)?,
+        (Err(err), Some(id)) => journal.mark_failed(id, &err.to_string())?,
+        _ => {}
+    }
+    result?;
+    let issued = flow.issued().cloned().ok_or(PersonalizeError::OutOfOrder)?;
+    Ok(PersonalizationReport {
+        serial: issued.serial,
+        lifecycle_before: flow.lifecycle_before().unwrap_or_default(),
+        certificate: issued.certificate,
+        journal_id: journal_id.ok_or(PersonalizeError::OutOfOrder)?,
+        apdus: link.apdu_count() - apdus_before,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn drive<T: Transport>(
+    link: &mut CardLink<T>,
+    journal: &mut dyn IssuanceJournal,
+    flow: &mut Personalization<'_>,
+    journal_id: &mut Option<i64>,
+) -> Result<(), PersonalizeError> {
+    loop {
+        match flow.next_action()? {
+            Action::Send { header, data } => {
+                let response = link.send(header, &data)?;
+                flow.on_response(&response)?;
+            }
+            Action::Record(issued) => {
+                *journal_id = Some(journal.record_issued(&issued)?);
+                flow.recorded()?;
+            }
+            Action::Done => return Ok(()),
+        }
+    }
+}
+
+/// Re-enters PERSONALIZATION on a module through the unit's channel (claim 2).
+/// Returns the APDU count.
+pub fn reset_module<T: Transport>(link: &mut CardLink<T>, unit: &UnitCredentials) -> Result<u32, PersonalizeError> {
+    let before = link.apdu_count();
+    let mut flow = Personalization::reset(unit)?;
+    loop {
+        match flow.next_action()? {
+            Action::Send { header, data } => {
+                let response = link.send(header, &data)?;
+                flow.on_response(&response)?;
+            }
+            Action::Record(_) => return Err(PersonalizeError::OutOfOrder),
+            Action::Done => return Ok(link.apdu_count() - before),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Moving APDUs: the [`Transport`] trait, the in-process transport, and
+//! [`CardLink`], which adds extended length or command chaining and GET
+//! RESPONSE on top of any transport.
+
+use std::time::{Duration, Instant};
+
+use crate::Applet;
+use crate::iso::{CLA_CHAIN, Response, sw};
+use crate::keymem::KeyMemory;
+use crate::proto::ins;
+
+/// A failure to move bytes to or from the module.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The card was removed, powered off, or the connection dropped.
+    #[error("the module disconnected")]
+    Disconnected,
+    /// The response was shorter than a status word.
+    #[error("the module sent a response shorter than a status word")]
+    ShortResponse,
+    /// The command or response does not fit this transport's limits.
+    #[error("APDU of {0} bytes does not fit the transport")]
+    TooLarge(usize),
+    /// An I/O error below the transport.
+    #[error("transport i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Moves one command APDU to the module and returns the response APDU bytes.
+pub trait Transport {
+    /// Sends `command` and waits for the response (`data || SW1 SW2`).
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError>;
+
+    /// Whether the reader and card accept extended-length APDUs.
+    fn supports_extended_length(&self) -> bool {
+        true
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for &mut T {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        (**self).transmit(command)
+    }
+    fn supports_extended_length(&self) -> bool {
+        (**self).supports_extended_length()
+    }
+}
+
+/// The applet running in this process, reached by function call.
+pub struct InProcessTransport<K: KeyMemory> {
+    applet: Applet<K>,
+    extended_length: bool,
+}
+
+impl<K: KeyMemory> InProcessTransport<K> {
+    /// Wraps an applet.
+    pub fn new(applet: Applet<K>) -> Self {
+        Self {
+            applet,
+            extended_length: true,
+        }
+    }
+
+    /// Behaves like a reader without extended length (forces chaining and GET RESPONSE).
+    pub fn short_apdus_only(mut self) -> Self {
+        self.extended_length = false;
+        self
+    }
+
+    /// The applet, for inspection.
+    pub fn applet(&self) -> &Applet<K> {
+        &self.applet
+    }
+
+    /// The applet, mutably (tests reset it to simulate power loss).
+    pub fn applet_mut(&mut self) -> &mut Applet<K> {
+        &mut self.applet
+    }
+
+    /// Gives the applet back.
+    pub fn into_applet(self) -> Applet<K> {
+        self.applet
+    }
+}
+
+impl<K: KeyMemory> Transport for InProcessTransport<K> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        if !self.extended_length && command.len() > 261 {
+            return Err(TransportError::TooLarge(command.len()));
+        }
+        Ok(self.applet.process(command))
+    }
+
+    fn supports_extended_length(&self) -> bool {
+        self.extended_length
+    }
+}
+
+/// Sends logical commands over a [`Transport`]: one extended APDU when the
+/// transport allows, command chaining in 255-byte pieces otherwise; fetches
+/// `61xx` remainders with GET RESPONSE. Counts APDUs and time on the wire.
+pub struct CardLink<T: Transport> {
+    transport: T,
+    apdus: u32,
+    wire_time: Duration,
+}
+
+impl<T: Transport> CardLink<T> {
+    /// Wraps a transport.
+    pub fn new(transport: T) -> Self {
+        Self {
+            transport,
+            apdus: 0,
+            wire_time: Duration::ZERO,
+        }
+    }
+
+    /// APDUs exchanged so far (each chained piece and GET RESPONSE counts).
+    pub fn apdu_count(&self) -> u32 {
+        self.apdus
+    }
+
+    /// Time spent inside [`Transport::transmit`].
+    pub fn wire_time(&self) -> Duration {
+        self.wire_time
+    }
+
+    /// The transport.
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// Gives the transport back.
+    pub fn into_transport(self) -> T {
+        self.transport
+    }
+
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Response, TransportError> {
+        let started = Instant::now();
+        let bytes = self.transport.transmit(apdu);
+        self.wire_time += started.elapsed();
+        self.apdus += 1;
+        Response::from_bytes(&bytes?).ok_or(TransportError::ShortResponse)
+    }
+
+    /// Sends one logical command and returns the complete response.
+    pub fn send(&mut self, header: [u8; 4], data: &[u8]) -> Result<Response, TransportError> {
+        if data.len() > usize::from(u16::MAX) {
+            return Err(TransportError::TooLarge(data.len()));
+        }
+        let mut response = if self.transport.supports_extended_length() {
+            self.transmit(&encode_extended(header, data))?
+        } else {
+            let mut pieces = data.chunks(255).peekable();
+            if pieces.peek().is_none() {
+                self.transmit(&encode_short(header, &[], true))?
+            } else {
+                loop {
+                    let Some(piece) = pieces.next() else {
+                        return Err(TransportError::ShortResponse);
+                    };
+                    let last = pieces.peek().is_none();
+                    let mut piece_header = header;
+                    if !last {
+                        piece_header[0] |= CLA_CHAIN;
+                    }
+                    let response = self.transmit(&encode_short(piece_header, piece, last))?;
+                    if last || response.sw != sw::OK {
+                        break response;
+                    }
+                }
+            }
+        };
+        let mut data = std::mem::take(&mut response.data);
+        while response.sw & 0xFF00 == sw::MORE_DATA {
+            let le = (response.sw & 0xFF) as u8;
+            response = self.transmit(&[0x00, ins::GET_RESPONSE, 0x00, 0x00, le])?;
+            data.extend_from_slice(&response.data);
+        }
+        Ok(Response { data, sw: response.sw })
+    }
+}
+
+/// Extended-length encoding with Le = 0000 (up to 65536 response bytes).
+pub fn encode_extended(header: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut apdu = Vec::with_capacity(data.len() + 9);
+    apdu.extend_from_slice(&header);
+    if data.is_empty() {
+        apdu.extend_from_slice(&[0, 0, 0]);
+    } else {
+        let lc = u16::try_from(data.len()).unwrap_or(u16::MAX);
+        apdu.push(0);
+        apdu.extend_from_slice(&lc.to_be_bytes());
+        apdu.extend_from_slice(data);
+        apdu.extend_from_slice(&[0, 0]);
+    }
+    apdu
+}
+
+/// Short encoding; `expect_response` adds Le = 00 (256 bytes).
+pub fn encode_short(header: [u8; 4], data: &[u8], expect_response: bool) -> Vec<u8> {
+    let mut apdu = Vec::with_capacity(data.len() + 6);
+    apdu.extend_from_slice(&header);
+    if !data.is_empty() {
+        apdu.push(data.len() as u8);
+        apdu.extend_from_slice(data);
+    }
+    if expect_response {
+        apdu.push(0);
+    }
+    apdu
+}

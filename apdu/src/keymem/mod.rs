@@ -1,0 +1,182 @@
+//! The module's secure key memory, as the applet sees it.
+//!
+//! The applet never holds a long-term private key: it asks the key memory to
+//! generate, use and erase keys by slot. Everything else the module keeps
+//! (lifecycle, certificates, the time watermark) is one [`Records`] value that
+//! the key memory replaces atomically on [`KeyMemory::commit`].
+//!
+//! ```text
+//!  Applet ──generate/sign/erase(slot)──▶ KeyMemory ──▶ file directory | SoftHSM | RAM
+//!         ──load/commit(Records)──────▶
+//! ```
+
+use alloc::vec::Vec;
+
+use p384::PublicKey;
+use p384::ecdsa::Signature;
+
+use crate::proto::Lifecycle;
+use crate::tlv;
+
+#[cfg(feature = "std")]
+pub mod file;
+pub mod memory;
+
+/// A private key slot of the module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySlot {
+    /// The permanent identity key (claim 8): formed once, never erased.
+    Identity,
+    /// The module key (claim 1): fresh at every personalization.
+    Module,
+}
+
+/// A key-memory failure. The applet answers `6581` and keeps its last committed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyMemoryError {
+    /// Storage could not be read or written.
+    #[error("key memory i/o failure")]
+    Io,
+    /// Stored records or keys do not decode.
+    #[error("key memory contents are corrupt")]
+    Corrupt,
+    /// No key in that slot.
+    #[error("no key in slot")]
+    NoKey,
+    /// The random number source failed.
+    #[error("random source failure")]
+    Random,
+    /// The key memory refused or failed a cryptographic operation.
+    #[error("key operation failed")]
+    Crypto,
+}
+
+/// Everything the module keeps except private keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Records {
+    /// Lifecycle state.
+    pub lifecycle: Lifecycle,
+    /// The manufacturer's checking certificate (claim 7). Written once.
+    pub checking_cert: Option<Vec<u8>>,
+    /// The identity certificate (claim 8). Written once.
+    pub identity_cert: Option<Vec<u8>>,
+    /// The module certificate (claim 1).
+    pub module_cert: Option<Vec<u8>>,
+    /// The unit's certificate issued by the central system (claim 6).
+    pub unit_cert: Option<Vec<u8>>,
+    /// The unit's certificate over the central key: the operating anchor (claims 4, 5).
+    pub central_cert: Option<Vec<u8>>,
+    /// The latest notBefore (Unix seconds) of any certificate the module accepted.
+    /// The module has no clock; this is its notion of "now" (see docs/protocol.md).
+    pub time_watermark: u64,
+    /// How many personalizations have completed on this module.
+    pub personalizations: u32,
+}
+
+mod record_tag {
+    pub const VERSION: u32 = 0xC0;
+    pub const LIFECYCLE: u32 = 0xC1;
+    pub const CHECKING: u32 = 0xC2;
+    pub const IDENTITY: u32 = 0xC3;
+    pub const MODULE: u32 = 0xC4;
+    pub const UNIT: u32 = 0xC5;
+    pub const CENTRAL: u32 = 0xC6;
+    pub const WATERMARK: u32 = 0xC7;
+    pub const COUNT: u32 = 0xC8;
+}
+
+const RECORDS_VERSION: u8 = 1;
+
+impl Records {
+    /// Drops everything operational (claim 2): module certificate, central
+    /// anchor, unit certificate. Identity and checking certificates stay.
+    pub fn erase_operational(&mut self) {
+        self.module_cert = None;
+        self.unit_cert = None;
+        self.central_cert = None;
+    }
+
+    /// Encodes as BER-TLV.
+    pub fn encode(&self) -> Vec<u8> {
+        use record_tag::*;
+        let mut out = Vec::new();
+        tlv::write(&mut out, VERSION, &[RECORDS_VERSION]);
+        tlv::write(&mut out, LIFECYCLE, &[self.lifecycle.code()]);
+        for (tag, value) in [
+            (CHECKING, &self.checking_cert),
+            (IDENTITY, &self.identity_cert),
+            (MODULE, &self.module_cert),
+            (UNIT, &self.unit_cert),
+            (CENTRAL, &self.central_cert),
+        ] {
+            if let Some(value) = value {
+                tlv::write(&mut out, tag, value);
+            }
+        }
+        tlv::write(&mut out, WATERMARK, &self.time_watermark.to_be_bytes());
+        tlv::write(&mut out, COUNT, &self.personalizations.to_be_bytes());
+        out
+    }
+
+    /// Decodes [`Records::encode`], rejecting anything else.
+    pub fn decode(bytes: &[u8]) -> Result<Self, KeyMemoryError> {
+        use record_tag::*;
+        let fields = tlv::decode_fields(
+            bytes,
+            [VERSION, LIFECYCLE, CHECKING, IDENTITY, MODULE, UNIT, CENTRAL, WATERMARK, COUNT],
+        )
+        .map_err(|_| KeyMemoryError::Corrupt)?;
+        let [version, lifecycle, checking, identity, module, unit, central, watermark, count] = fields;
+        let corrupt = |_| KeyMemoryError::Corrupt;
+        if tlv::required_array::<1>(version, VERSION).map_err(corrupt)? != [RECORDS_VERSION] {
+            return Err(KeyMemoryError::Corrupt);
+        }
+        let [code] = tlv::required_array::<1>(lifecycle, LIFECYCLE).map_err(corrupt)?;
+        Ok(Self {
+            lifecycle: Lifecycle::from_code(code).ok_or(KeyMemoryError::Corrupt)?,
+            checking_cert: checking.map(<[u8]>::to_vec),
+            identity_cert: identity.map(<[u8]>::to_vec),
+            module_cert: module.map(<[u8]>::to_vec),
+            unit_cert: unit.map(<[u8]>::to_vec),
+            central_cert: central.map(<[u8]>::to_vec),
+            time_watermark: u64::from_be_bytes(tlv::required_array(watermark, WATERMARK).map_err(corrupt)?),
+            personalizations: u32::from_be_bytes(tlv::required_array(count, COUNT).map_err(corrupt)?),
+        })
+    }
+}
+
+/// The secure key memory of a security module (claim 19's "secure key memory").
+///
+/// Implementations: [`file::FileKeyMemory`] (a directory per module),
+/// [`memory::MemoryKeyMemory`] (RAM, for tests and fuzzing), and a SoftHSM
+/// token in the PKCS#11 provider.
+pub trait KeyMemory {
+    /// Reads the committed records (defaults for a blank module).
+    fn load(&mut self) -> Result<Records, KeyMemoryError>;
+
+    /// Replaces the records atomically: after a crash at any point, `load`
+    /// returns either the old records or the new ones.
+    fn commit(&mut self, records: &Records) -> Result<(), KeyMemoryError>;
+
+    /// Generates a fresh key pair in `slot`, replacing (and erasing) any key
+    /// there. The key is derived from the memory's own randomness mixed with
+    /// `variation` through [`crate::channel::derive_scalar`] or an equivalent
+    /// inside the token. Returns the public key.
+    fn generate(&mut self, slot: KeySlot, variation: &[u8]) -> Result<PublicKey, KeyMemoryError>;
+
+    /// Erases the key in `slot`, if any.
+    fn erase(&mut self, slot: KeySlot) -> Result<(), KeyMemoryError>;
+
+    /// The public key in `slot`, if a key is there.
+    fn public_key(&mut self, slot: KeySlot) -> Result<Option<PublicKey>, KeyMemoryError>;
+
+    /// Signs a SHA-384 digest with the key in `slot` (ECDSA, RFC 6979 hedged
+    /// with fresh randomness where the memory has it).
+    fn sign_digest(&mut self, slot: KeySlot, digest: &[u8; 48]) -> Result<Signature, KeyMemoryError>;
+
+    /// Fills `out` with random bytes from the memory's generator.
+    fn random(&mut self, out: &mut [u8]) -> Result<(), KeyMemoryError>;
+}
+
+#[cfg(test)]
+mod tests;

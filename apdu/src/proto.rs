@@ -1,0 +1,167 @@
+//! The command set's numbers: AID, instructions, parameters, data-object tags
+//! and lifecycle codes. `docs/apdu.md` is the prose version of this file.
+
+/// The applet's AID: `F0` (ISO 7816-5 category F, unregistered proprietary)
+/// followed by ASCII "IMPRINT" and the command-set version 1.
+pub const AID: [u8; 9] = [0xF0, 0x49, 0x4D, 0x50, 0x52, 0x49, 0x4E, 0x54, 0x01];
+
+/// Version of the command set, reported in the FCI.
+pub const COMMAND_SET_VERSION: u8 = 1;
+
+/// Instruction bytes.
+pub mod ins {
+    /// SELECT (by DF name).
+    pub const SELECT: u8 = 0xA4;
+    /// GET DATA, objects named by P1-P2.
+    pub const GET_DATA: u8 = 0xCA;
+    /// PUT DATA, BER-TLV objects in the data field (P1-P2 = `3FFF`).
+    pub const PUT_DATA: u8 = 0xDB;
+    /// GENERATE ASYMMETRIC KEY PAIR.
+    pub const GENERATE_KEY: u8 = 0x47;
+    /// MUTUAL AUTHENTICATE / EXTERNAL AUTHENTICATE: the channel handshake.
+    pub const AUTHENTICATE: u8 = 0x82;
+    /// TERMINATE DF: leave OPERATING for PERSONALIZATION, erasing operational keys.
+    pub const TERMINATE: u8 = 0xE6;
+    /// GET RESPONSE.
+    pub const GET_RESPONSE: u8 = 0xC0;
+}
+
+/// P1 of GENERATE ASYMMETRIC KEY PAIR: generate a new pair.
+pub const P1_GENERATE: u8 = 0x80;
+/// P2 of GENERATE ASYMMETRIC KEY PAIR: the permanent identity key (claim 8).
+pub const KEY_REF_IDENTITY: u8 = 0x01;
+/// P2 of GENERATE ASYMMETRIC KEY PAIR: the module key (claims 1, 10).
+pub const KEY_REF_MODULE: u8 = 0x02;
+
+/// P1 of AUTHENTICATE: the cipher suite. Only one exists.
+///
+/// Suite 1: ECDH P-384 ephemeral, ECDSA P-384 with SHA-384, HKDF-SHA384,
+/// AES-256-GCM secure messaging, HMAC-SHA384 key confirmation.
+pub const SUITE_P384_AES256GCM: u8 = 0x01;
+/// P2 of AUTHENTICATE: first step (MUTUAL AUTHENTICATE, unit to module).
+pub const AUTH_STEP_OPEN: u8 = 0x00;
+/// P2 of AUTHENTICATE: second step (EXTERNAL AUTHENTICATE of the unit).
+pub const AUTH_STEP_CONFIRM: u8 = 0x01;
+
+/// P1-P2 of PUT DATA: the data field is a list of BER-TLV data objects.
+pub const PUT_DATA_TLV: u16 = 0x3FFF;
+
+/// Data-object tags.
+pub mod tag {
+    /// Dynamic authentication template (ISO 7816-4).
+    pub const DYN_AUTH: u32 = 0x7C;
+    /// Inside `7C`: a certificate (the unit's, or the module's identity certificate).
+    pub const AUTH_CERTIFICATE: u32 = 0xA0;
+    /// Inside `7C`: challenge, 32 bytes.
+    pub const AUTH_CHALLENGE: u32 = 0x81;
+    /// Inside `7C`: response, an ECDSA P-384 signature `r || s` (96 bytes).
+    pub const AUTH_SIGNATURE: u32 = 0x82;
+    /// Inside `7C`: authentication code, HMAC-SHA384 key confirmation (48 bytes).
+    pub const AUTH_CONFIRMATION: u32 = 0x84;
+    /// Inside `7C`: ephemeral public key, uncompressed SEC1 point (97 bytes).
+    pub const AUTH_EPHEMERAL: u32 = 0x85;
+    /// Inside `7C`: the module's nonce for this personalization (16 bytes, claim 9).
+    pub const AUTH_NONCE: u32 = 0x8A;
+
+    /// Secure messaging: cryptogram, data not encoded in BER-TLV (ISO 7816-4).
+    pub const SM_CRYPTOGRAM: u32 = 0x85;
+    /// Secure messaging: cryptographic checksum (here the AES-GCM tag).
+    pub const SM_MAC: u32 = 0x8E;
+
+    /// Public key template.
+    pub const PUBLIC_KEY: u32 = 0x7F49;
+    /// Inside `7F49`: EC point, uncompressed SEC1 (97 bytes).
+    pub const EC_POINT: u32 = 0x86;
+    /// Variation value for key generation (claim 10), 1 to 64 bytes.
+    pub const VARIATION: u32 = 0x80;
+    /// A digital signature `r || s` (proof of possession of a new key).
+    pub const SIGNATURE: u32 = 0x9E;
+
+    /// Identity certificate, issued by the manufacturer (claim 8).
+    pub const IDENTITY_CERT: u32 = 0xDF21;
+    /// The manufacturer's checking certificate (self-signed root, claim 7).
+    pub const CHECKING_CERT: u32 = 0xDF22;
+    /// The module certificate, issued by the personalization unit (claim 1).
+    pub const MODULE_CERT: u32 = 0xDF23;
+    /// The unit's certificate issued by the central system (claim 6).
+    pub const UNIT_CERT: u32 = 0xDF24;
+    /// The unit's certificate over the central system's key (claims 4, 5).
+    pub const CENTRAL_CERT: u32 = 0xDF25;
+    /// The identity public key, as a `7F49` template (GET DATA only).
+    pub const IDENTITY_PUBLIC_KEY: u32 = 0xDF26;
+
+    /// FCI template (SELECT response).
+    pub const FCI: u32 = 0x6F;
+    /// Inside the FCI: the DF name (our AID).
+    pub const FCI_AID: u32 = 0x84;
+    /// Inside the FCI: proprietary information template.
+    pub const FCI_PROPRIETARY: u32 = 0xA5;
+    /// Inside `A5`: command-set version.
+    pub const FCI_VERSION: u32 = 0xC0;
+    /// Inside `A5`: module serial, 8 bytes (absent before the identity key exists).
+    pub const FCI_SERIAL: u32 = 0xC1;
+    /// Inside `A5`: lifecycle state (see [`super::Lifecycle`]).
+    pub const FCI_LIFECYCLE: u32 = 0xC2;
+}
+
+/// Lengths of the fixed-size fields.
+pub mod len {
+    /// A challenge.
+    pub const CHALLENGE: usize = 32;
+    /// An uncompressed P-384 point.
+    pub const POINT: usize = 97;
+    /// A raw P-384 signature `r || s`.
+    pub const SIGNATURE: usize = 96;
+    /// An HMAC-SHA384 tag.
+    pub const CONFIRMATION: usize = 48;
+    /// Largest variation value accepted.
+    pub const VARIATION_MAX: usize = 64;
+}
+
+/// The module's lifecycle (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lifecycle {
+    /// Blank or being manufactured: no identity certificate yet.
+    #[default]
+    Manufactured,
+    /// Manufactured; waiting for (re-)personalization. No operational key material.
+    Personalization,
+    /// Personalized: module key, module certificate and central anchor verified and committed.
+    Operating,
+}
+
+impl Lifecycle {
+    /// The code on the wire and in the key memory.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Manufactured => 0x01,
+            Self::Personalization => 0x07,
+            Self::Operating => 0x0F,
+        }
+    }
+
+    /// Decodes [`Lifecycle::code`].
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0x01 => Some(Self::Manufactured),
+            0x07 => Some(Self::Personalization),
+            0x0F => Some(Self::Operating),
+            _ => None,
+        }
+    }
+
+    /// Upper-case name as the docs and the CLI print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Manufactured => "MANUFACTURED",
+            Self::Personalization => "PERSONALIZATION",
+            Self::Operating => "OPERATING",
+        }
+    }
+}
+
+impl core::fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
