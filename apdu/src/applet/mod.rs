@@ -144,6 +144,11 @@ impl<K: KeyMemory> Applet<K> {
         &self.memory
     }
 
+    /// The key memory, mutably (tests inspect public keys through it).
+    pub fn memory_mut(&mut self) -> &mut K {
+        &mut self.memory
+    }
+
     /// A card reset or power cycle: drops the channel, chains and pending responses.
     pub fn reset(&mut self) {
         self.selected = false;

@@ -5,6 +5,7 @@ use p384::ecdsa::SigningKey;
 use crate::pki::{Certificate, Role};
 
 /// A personalization unit's signing key and certificates (claims 5–7).
+#[derive(Clone)]
 pub struct UnitCredentials {
     /// The signing key P. Held in the unit's key memory; never sent.
     pub key: SigningKey,

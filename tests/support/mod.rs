@@ -1,0 +1,301 @@
+//! Shared fixtures for the end-to-end suites: the three roles' PKI built in
+//! memory, modules on RAM or file key memories, journals and transports that
+//! record, tear or tamper with traffic.
+
+use std::path::Path;
+
+use imprint_apdu::applet::Applet;
+use imprint_apdu::host::manufacture::{ManufactureReport, manufacture};
+use imprint_apdu::host::personalize::{IssuanceJournal, IssuedCertificate, JournalError, ModuleCertificateIssuer};
+use imprint_apdu::host::{
+    CardLink, InProcessTransport, ManufacturerCredentials, PersonalizationOptions, PersonalizationReport,
+    PersonalizeError, Transport, TransportError, UnitCredentials, personalize,
+};
+use imprint_apdu::keymem::file::FileKeyMemory;
+use imprint_apdu::keymem::memory::MemoryKeyMemory;
+use imprint_apdu::keymem::KeyMemory;
+use imprint_apdu::pki::issue::{self, CertificateRequest, IssuerKey, Validity};
+use imprint_apdu::pki::{Certificate, Role};
+use p384::ecdsa::SigningKey;
+
+/// A fresh random P-384 signing key.
+pub fn random_key() -> SigningKey {
+    let mut bytes = [0u8; 48];
+    loop {
+        getrandom::fill(&mut bytes).expect("OS random");
+        if let Ok(key) = SigningKey::from_slice(&bytes) {
+            return key;
+        }
+    }
+}
+
+/// A random 48-byte seed for RAM key memories.
+pub fn random_seed() -> [u8; 48] {
+    let mut seed = [0u8; 48];
+    getrandom::fill(&mut seed).expect("OS random");
+    seed
+}
+
+/// The whole PKI of one deployment: manufacturer, central system, one unit.
+pub struct Pki {
+    /// The manufacturer's key and root.
+    pub manufacturer: ManufacturerCredentials,
+    /// The central system's key.
+    pub central_key: SigningKey,
+    /// The central system's self-signed root.
+    pub central_root: Certificate,
+    /// The personalization unit.
+    pub unit: UnitCredentials,
+}
+
+impl Pki {
+    /// A consistent deployment.
+    pub fn new() -> Self {
+        let manufacturer = new_manufacturer("Test Manufacturer");
+        let (central_key, central_root) = new_central("Test Central");
+        let unit = new_unit(&manufacturer, &central_key, &central_root, "Test Unit");
+        Self {
+            manufacturer,
+            central_key,
+            central_root,
+            unit,
+        }
+    }
+}
+
+impl Pki {
+    /// Manufactures a RAM module with this deployment's manufacturer, then runs
+    /// a personalization with `unit` that must fail. Checks that nothing
+    /// operational was committed and that the journal marked the failure.
+    pub fn run_failing(
+        &self,
+        unit: &UnitCredentials,
+        issuer: Option<Box<dyn ModuleCertificateIssuer>>,
+    ) -> (PersonalizeError, imprint_apdu::Lifecycle) {
+        let mut link = ram_module();
+        manufacture_with(&mut link, &self.manufacturer);
+        let options = PersonalizationOptions {
+            issuer,
+            ..PersonalizationOptions::default()
+        };
+        let mut journal = RecordingJournal::default();
+        let err = personalize(&mut link, &mut journal, unit, options).expect_err("personalization must fail");
+        let applet = link.transport_mut().applet();
+        assert_eq!(applet.records().module_cert, None, "nothing operational committed");
+        if let Some((_, state)) = journal.entries.last() {
+            assert!(matches!(state, EntryState::Failed(_)), "journal marks the failure: {state:?}");
+        }
+        (err, applet.lifecycle())
+    }
+}
+
+/// Manufactures the module on `link` with `manufacturer`.
+pub fn manufacture_with<T: Transport>(link: &mut CardLink<T>, manufacturer: &ManufacturerCredentials) -> ManufactureReport {
+    manufacture(link, manufacturer, 25).expect("manufacture")
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A manufacturer root.
+pub fn new_manufacturer(name: &str) -> ManufacturerCredentials {
+    let key = random_key();
+    let root = issue::self_signed_root(Role::Manufacturer, name, &key, Validity::years_from_now(30).unwrap())
+        .expect("manufacturer root");
+    ManufacturerCredentials { key, root }
+}
+
+/// A central root.
+pub fn new_central(name: &str) -> (SigningKey, Certificate) {
+    let key = random_key();
+    let root =
+        issue::self_signed_root(Role::Central, name, &key, Validity::years_from_now(20).unwrap()).expect("central root");
+    (key, root)
+}
+
+/// A unit certified by `manufacturer` and by the central system, with its
+/// certificate over the central key.
+pub fn new_unit(
+    manufacturer: &ManufacturerCredentials,
+    central_key: &SigningKey,
+    central_root: &Certificate,
+    name: &str,
+) -> UnitCredentials {
+    let key = random_key();
+    let csr = CertificateRequest::new(name, &key).expect("csr");
+    let years = Validity::years_from_now(10).unwrap();
+    let cert_by_manufacturer = issue::personalizer_cert(
+        IssuerKey {
+            cert: &manufacturer.root,
+            key: &manufacturer.key,
+        },
+        &csr,
+        years,
+    )
+    .expect("unit cert by manufacturer");
+    let cert_by_central = issue::personalizer_cert(
+        IssuerKey {
+            cert: central_root,
+            key: central_key,
+        },
+        &csr,
+        years,
+    )
+    .expect("unit cert by central");
+    let central_delivery = issue::central_delivery_cert(
+        IssuerKey {
+            cert: &cert_by_manufacturer,
+            key: &key,
+        },
+        central_root,
+        years,
+    )
+    .expect("central delivery cert");
+    UnitCredentials {
+        key,
+        cert_by_manufacturer,
+        cert_by_central,
+        central_delivery,
+        manufacturer_root: manufacturer.root.clone(),
+    }
+}
+
+/// A module on a RAM key memory, as an in-process card.
+pub fn ram_module() -> CardLink<InProcessTransport<MemoryKeyMemory>> {
+    let applet = Applet::new(MemoryKeyMemory::new(random_seed())).expect("applet");
+    CardLink::new(InProcessTransport::new(applet))
+}
+
+/// A module on a file key memory in `dir`, as an in-process card.
+pub fn file_module(dir: &Path) -> CardLink<InProcessTransport<FileKeyMemory>> {
+    let memory = FileKeyMemory::open(dir).expect("module dir");
+    CardLink::new(InProcessTransport::new(Applet::new(memory).expect("applet")))
+}
+
+/// Manufactures the module on `link`.
+pub fn manufactured<T: Transport>(link: &mut CardLink<T>, pki: &Pki) -> ManufactureReport {
+    manufacture(link, &pki.manufacturer, 25).expect("manufacture")
+}
+
+/// Personalizes with default options and a recording journal.
+pub fn personalized<T: Transport>(
+    link: &mut CardLink<T>,
+    unit: &UnitCredentials,
+    journal: &mut RecordingJournal,
+) -> Result<PersonalizationReport, PersonalizeError> {
+    personalize(link, journal, unit, PersonalizationOptions::default())
+}
+
+/// The state of one journal entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryState {
+    /// Recorded, not yet confirmed.
+    Issued,
+    /// The module committed it.
+    Installed,
+    /// The run failed after issuing.
+    Failed(String),
+}
+
+/// A journal in memory that also notes how many APDUs had crossed when each
+/// certificate was recorded, so tests can prove "recorded before sent".
+#[derive(Default)]
+pub struct RecordingJournal {
+    /// Entries in order.
+    pub entries: Vec<(IssuedCertificate, EntryState)>,
+}
+
+impl IssuanceJournal for RecordingJournal {
+    fn record_issued(&mut self, issued: &IssuedCertificate) -> Result<i64, JournalError> {
+        self.entries.push((issued.clone(), EntryState::Issued));
+        Ok(self.entries.len() as i64)
+    }
+
+    fn mark_installed(&mut self, id: i64) -> Result<(), JournalError> {
+        self.entries[id as usize - 1].1 = EntryState::Installed;
+        Ok(())
+    }
+
+    fn mark_failed(&mut self, id: i64, reason: &str) -> Result<(), JournalError> {
+        self.entries[id as usize - 1].1 = EntryState::Failed(reason.to_string());
+        Ok(())
+    }
+}
+
+/// A transport that logs every command and response.
+pub struct LoggingTransport<T> {
+    /// The wrapped transport.
+    pub inner: T,
+    /// (command, response) pairs.
+    pub log: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl<T: Transport> LoggingTransport<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T) -> Self {
+        Self { inner, log: Vec::new() }
+    }
+}
+
+impl<T: Transport> Transport for LoggingTransport<T> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let response = self.inner.transmit(command)?;
+        self.log.push((command.to_vec(), response.clone()));
+        Ok(response)
+    }
+    fn supports_extended_length(&self) -> bool {
+        self.inner.supports_extended_length()
+    }
+}
+
+/// A transport that lets a closure rewrite the n-th command (1-based) and
+/// counts what passed.
+pub struct TamperingTransport<T, F> {
+    /// The wrapped transport.
+    pub inner: T,
+    /// Commands seen.
+    pub count: usize,
+    /// Rewrites (count, command) → command to send.
+    pub tamper: F,
+}
+
+impl<T: Transport, F: FnMut(usize, Vec<u8>) -> Vec<u8>> Transport for TamperingTransport<T, F> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.count += 1;
+        let command = (self.tamper)(self.count, command.to_vec());
+        self.inner.transmit(&command)
+    }
+}
+
+/// A transport that breaks after `limit` APDUs: the command numbered `limit`
+/// reaches the card but its response is lost, and nothing more is delivered.
+pub struct TearingTransport<T> {
+    /// The wrapped transport.
+    pub inner: T,
+    /// APDUs delivered so far.
+    pub delivered: usize,
+    /// After this many, the connection is gone.
+    pub limit: usize,
+}
+
+impl<T: Transport> Transport for TearingTransport<T> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        if self.delivered >= self.limit {
+            return Err(TransportError::Disconnected);
+        }
+        self.delivered += 1;
+        let response = self.inner.transmit(command)?;
+        if self.delivered == self.limit {
+            return Err(TransportError::Disconnected);
+        }
+        Ok(response)
+    }
+}
+
+/// Reads the committed records of a key memory.
+pub fn records_of<K: KeyMemory>(memory: &mut K) -> imprint_apdu::keymem::Records {
+    memory.load().expect("records")
+}
