@@ -818,3 +818,77 @@ pub fn reset_module<T: Transport>(link: &mut CardLink<T>, unit: &UnitCredentials
         }
     }
 }
+
+/// An authenticated secure channel to a module, outside any flow: for
+/// operator tools and for tests that exercise commands under secure messaging.
+pub struct OpenChannel {
+    channel: Channel,
+    lifecycle: Lifecycle,
+}
+
+impl OpenChannel {
+    /// SELECT and the handshake with `unit`'s credentials.
+    pub fn open<T: Transport>(link: &mut CardLink<T>, unit: &UnitCredentials) -> Result<Self, PersonalizeError> {
+        let mut flow = Personalization::reset(unit)?;
+        loop {
+            if matches!(flow.state, State::Terminate | State::Generate) {
+                let channel = flow.channel.take().ok_or(PersonalizeError::OutOfOrder)?;
+                let lifecycle = flow.lifecycle_before.ok_or(PersonalizeError::OutOfOrder)?;
+                return Ok(Self { channel, lifecycle });
+            }
+            match flow.next_action()? {
+                Action::Send { header, data } => {
+                    let response = link.send(header, &data)?;
+                    flow.on_response(&response)?;
+                }
+                Action::Record(_) | Action::Done => return Err(PersonalizeError::OutOfOrder),
+            }
+        }
+    }
+
+    /// The lifecycle the module reported at SELECT.
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle
+    }
+
+    /// The module's nonce for this channel.
+    pub fn nonce(&self) -> [u8; pki::NONCE_LEN] {
+        self.channel.nonce
+    }
+
+    /// The transcript hash of this channel.
+    pub fn transcript_hash(&self) -> Digest48 {
+        self.channel.th
+    }
+
+    /// Seals a command for `header` (CLA must carry the SM bits) without sending it.
+    pub fn seal(&mut self, header: [u8; 4], data: &[u8]) -> Result<Vec<u8>, PersonalizeError> {
+        self.channel
+            .sm
+            .seal_command(header, data)
+            .map_err(|_| PersonalizeError::ChannelClosed("sealing a command"))
+    }
+
+    /// Opens the response to the command last sealed.
+    pub fn open_response(&mut self, header: [u8; 4], response: &Response) -> Result<(Vec<u8>, u16), PersonalizeError> {
+        if response.sw != sw::OK {
+            return Err(status("a secured command", response.sw));
+        }
+        self.channel
+            .sm
+            .open_response(header, &response.data)
+            .map_err(|_| PersonalizeError::ChannelClosed("opening a response"))
+    }
+
+    /// Seals, sends and opens one command. Returns the inner data and status word.
+    pub fn send<T: Transport>(
+        &mut self,
+        link: &mut CardLink<T>,
+        header: [u8; 4],
+        data: &[u8],
+    ) -> Result<(Vec<u8>, u16), PersonalizeError> {
+        let sealed = self.seal(header, data)?;
+        let response = link.send(header, &sealed)?;
+        self.open_response(header, &response)
+    }
+}

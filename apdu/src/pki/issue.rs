@@ -34,9 +34,8 @@ use x509_cert::{
 
 use super::{
     Certificate, MODULE_CN_PREFIX, NONCE_LEN, PkiError, Role, check_signature_algorithm,
-    is_serial_hex, key_identifier, oid,
-    parse_public_key_sec1, parse_spki, serial_from_public_key, serial_hex, verify_issued_by,
-    verify_self_signed_root,
+    is_serial_hex, key_identifier, oid, parse_public_key_sec1, parse_spki, serial_from_public_key,
+    serial_hex, verify_issued_by, verify_self_signed_root,
 };
 
 /// PEM label of certificates.
@@ -152,7 +151,8 @@ impl Validity {
     }
 
     fn within(&self, cert: &Certificate) -> bool {
-        self.not_before_unix >= cert.not_before_unix() && self.not_after_unix <= cert.not_after_unix()
+        self.not_before_unix >= cert.not_before_unix()
+            && self.not_after_unix <= cert.not_after_unix()
     }
 
     fn to_x509(self) -> Result<x509_cert::time::Validity, IssueError> {
@@ -219,7 +219,15 @@ pub fn personalizer_cert(
     const ISSUERS: &[Role] = &[Role::Manufacturer, Role::Central];
     let subject = common_name_to_name(request.common_name())?;
     let point = sec1_uncompressed(request.public_key());
-    issue(issuer, ISSUERS, Role::Personalizer, subject, &point, validity, None)
+    issue(
+        issuer,
+        ISSUERS,
+        Role::Personalizer,
+        subject,
+        &point,
+        validity,
+        None,
+    )
 }
 
 /// Issues the `CentralDelivery` certificate: the personalization unit (issuer, a `Personalizer`
@@ -319,7 +327,9 @@ pub fn certificates_from_pem_bundle(pem: &str) -> Result<Vec<Certificate>, Issue
     let mut certs = Vec::new();
     let mut rest = pem;
     while let Some(start) = rest.find(BEGIN) {
-        let block = rest.get(start..).ok_or(der::pem::Error::PreEncapsulationBoundary)?;
+        let block = rest
+            .get(start..)
+            .ok_or(der::pem::Error::PreEncapsulationBoundary)?;
         let end = block
             .find(END)
             .ok_or(der::pem::Error::PostEncapsulationBoundary)?;
@@ -597,7 +607,9 @@ pub(crate) fn sec1_uncompressed(key: &VerifyingKey) -> Vec<u8> {
 }
 
 /// A name built from `(attribute type, value)` pairs, one attribute per RDN, in order.
-pub(crate) fn name_from_attributes(attributes: &[(ObjectIdentifier, Any)]) -> Result<Name, IssueError> {
+pub(crate) fn name_from_attributes(
+    attributes: &[(ObjectIdentifier, Any)],
+) -> Result<Name, IssueError> {
     let mut rdns = RdnSequence::default();
     for (oid, value) in attributes {
         rdns.push(RelativeDistinguishedName::try_from(vec![

@@ -41,7 +41,7 @@ use x509_cert::{
 #[cfg(feature = "std")]
 pub mod issue;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "std"))]
 mod tests;
 
 /// Length in bytes of the nonce a module sends over the personalization channel and that the
@@ -482,7 +482,9 @@ impl Certificate {
             return Err(PkiError::ProfileViolation("basicConstraints cA"));
         }
         if basic.path_len_constraint != role.path_len() {
-            return Err(PkiError::ProfileViolation("basicConstraints pathLenConstraint"));
+            return Err(PkiError::ProfileViolation(
+                "basicConstraints pathLenConstraint",
+            ));
         }
         if key_usage != role.key_usage() {
             return Err(PkiError::ProfileViolation("keyUsage bits"));
@@ -658,7 +660,8 @@ impl Certificate {
 /// with keyCertSign; the issuer's pathLenConstraint allows `cas_below`; the ECDSA P-384
 /// SHA-384 signature over the child's TBS DER verifies with the issuer's key (the signature
 /// must be strict DER, low-S is not required); and the child's validity period lies within the
-/// issuer's (the module has no clock, so nesting plus a watermark is the time rule).
+/// issuer's (the module has no clock, so nesting plus a watermark is the time rule), except
+/// below a `CentralDelivery` issuer, whose validity is the unit's attestation window.
 ///
 /// `cas_below` is the number of (non-self-issued) intermediate CA certificates that follow
 /// `issuer` in the path, not counting the final certificate of the path. For a path
@@ -696,7 +699,11 @@ pub fn verify_issued_by(
     if !child.signature_verifies_with(&issuer.public_key) {
         return Err(PkiError::BadSignature);
     }
-    if child.not_before < issuer.not_before || child.not_after > issuer.not_after {
+    // A CentralDelivery certificate only attests the central key to a module;
+    // its validity is the unit's attestation window, not the central key's, so
+    // certificates the central system issued earlier need not nest inside it.
+    let nested = child.not_before >= issuer.not_before && child.not_after <= issuer.not_after;
+    if !nested && issuer.role != Role::CentralDelivery {
         return Err(PkiError::NotYetValidForIssuer);
     }
     Ok(())
@@ -757,7 +764,10 @@ pub fn check_nonce(cert: &Certificate, expected: &[u8; NONCE_LEN]) -> Result<(),
 }
 
 /// Checks that `cert` is a module certificate for the module serial `expected`.
-pub fn check_module_serial(cert: &Certificate, expected: &[u8; SERIAL_LEN]) -> Result<(), PkiError> {
+pub fn check_module_serial(
+    cert: &Certificate,
+    expected: &[u8; SERIAL_LEN],
+) -> Result<(), PkiError> {
     match cert.module_serial() {
         Some(serial) if serial == serial_hex(expected) => Ok(()),
         _ => Err(PkiError::SerialMismatch),
@@ -850,7 +860,9 @@ pub(crate) fn parse_spki(
     Ok((key, point.to_vec()))
 }
 
-fn parse_extensions(extensions: Option<&x509_cert::ext::Extensions>) -> Result<ParsedExtensions, PkiError> {
+fn parse_extensions(
+    extensions: Option<&x509_cert::ext::Extensions>,
+) -> Result<ParsedExtensions, PkiError> {
     let extensions = extensions.ok_or(PkiError::MissingExtension("extensions"))?;
     if extensions.is_empty() {
         return Err(PkiError::Malformed("empty extensions sequence"));
@@ -891,8 +903,7 @@ fn parse_extensions(extensions: Option<&x509_cert::ext::Extensions>) -> Result<P
             }
             oid::AUTHORITY_KEY_IDENTIFIER => {
                 require_critical(ext, false, "authorityKeyIdentifier must not be critical")?;
-                let aki: AuthorityKeyIdentifier =
-                    decode_extension(ext, "authorityKeyIdentifier")?;
+                let aki: AuthorityKeyIdentifier = decode_extension(ext, "authorityKeyIdentifier")?;
                 if aki.authority_cert_issuer.is_some() || aki.authority_cert_serial_number.is_some()
                 {
                     return Err(PkiError::MalformedExtension(
@@ -959,7 +970,9 @@ fn role_from_purposes(purposes: &[ObjectIdentifier], self_issued: bool) -> Resul
             oid::KP_MODULE => Role::ModuleKey,
             oid::KP_CLIENT_AUTH => {
                 if client_auth {
-                    return Err(PkiError::MalformedExtension("duplicate extKeyUsage purpose"));
+                    return Err(PkiError::MalformedExtension(
+                        "duplicate extKeyUsage purpose",
+                    ));
                 }
                 client_auth = true;
                 continue;
@@ -990,8 +1003,9 @@ fn role_from_purposes(purposes: &[ObjectIdentifier], self_issued: bool) -> Resul
 
 /// Parses `CN=Imprint module <serial>, serialNumber=<serial>` and returns the serial.
 fn parse_module_subject(name: &Name) -> Result<String, PkiError> {
-    const BAD: PkiError =
-        PkiError::ProfileViolation("module subject must be CN=Imprint module <serial> + serialNumber");
+    const BAD: PkiError = PkiError::ProfileViolation(
+        "module subject must be CN=Imprint module <serial> + serialNumber",
+    );
     let mut rdns = name.iter_rdn();
     let (Some(cn_rdn), Some(sn_rdn), None) = (rdns.next(), rdns.next(), rdns.next()) else {
         return Err(BAD);
