@@ -1,0 +1,226 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+use imprint_apdu::host::PersonalizeError;
+use imprint_apdu::host::credentials::CredentialsError;
+use imprint_apdu::host::manufacture::ManufactureError;
+use imprint_apdu::host::status::StatusError;
+use imprint_apdu::keymem::KeyMemoryError;
+use imprint_apdu::pki::issue::IssueError;
+use imprint_apdu::pki::{PkiError, Role};
+use imprint_apdu::proto::Lifecycle;
+use imprint_central::CentralError;
+use imprint_central::keyfile::KeyFileError;
+
+/// Everything that can fail in the host tool's library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// A key, certificate or request file could not be read or written.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    /// The central system failed (the demo creates one).
+    #[error(transparent)]
+    Central(#[from] CentralError),
+    /// A directory or file operation failed.
+    #[error("cannot {op} {path}", path = .path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A role directory already holds a key.
+    #[error("{path} already exists; refusing to overwrite an existing key", path = .0.display())]
+    AlreadyInitialized(PathBuf),
+    /// A file that should hold a certificate or request does not.
+    #[error("{path} does not hold a valid {what}", path = .path.display())]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold.
+        what: &'static str,
+        /// Why it was refused.
+        #[source]
+        source: IssueError,
+    },
+    /// A certificate has another role than required.
+    #[error("the {what} has role {found}, expected {expected}")]
+    WrongRole {
+        /// Which certificate.
+        what: &'static str,
+        /// The role required.
+        expected: Role,
+        /// The role found.
+        found: Role,
+    },
+    /// A certificate does not verify against the certificate that should have issued it.
+    #[error("the {what} does not verify")]
+    Chain {
+        /// Which link of the chain.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: PkiError,
+    },
+    /// A certificate is for another key than this unit's.
+    #[error("the {0} is not for this personalization unit's key")]
+    NotForThisUnit(&'static str),
+    /// The two certificates of the unit name different subjects.
+    #[error(
+        "the unit's certificates name different subjects ({by_manufacturer} from the manufacturer, {by_central} from the central system); modules require the same name"
+    )]
+    SubjectMismatch {
+        /// Subject of the certificate from the manufacturer.
+        by_manufacturer: String,
+        /// Subject of the certificate from the central system.
+        by_central: String,
+    },
+    /// The unit's certificates cannot be nested as modules require.
+    #[error(
+        "the unit's certificate from the central system ({by_central}) must lie within the central-delivery window ({window}: its certificate from the manufacturer intersected with the central root); have the manufacturer certify the unit first and the central system for no longer"
+    )]
+    ValidityNotNested {
+        /// Validity of the certificate from the central system.
+        by_central: String,
+        /// The largest validity the central-delivery certificate may have.
+        window: String,
+    },
+    /// Issuing a certificate failed.
+    #[error("cannot issue the {what}")]
+    Issue {
+        /// Which certificate.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: IssueError,
+    },
+    /// The unit's credentials are inconsistent.
+    #[error("the personalization unit's credentials are inconsistent")]
+    Credentials(#[from] CredentialsError),
+    /// The module directory does not exist.
+    #[error("no module at {path} (a module is created by `imprint manufacturer manufacture`)", path = .0.display())]
+    NoModule(PathBuf),
+    /// The module's key memory could not be loaded.
+    #[error("cannot load the module's key memory in {path}", path = .path.display())]
+    KeyMemory {
+        /// The module directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: KeyMemoryError,
+    },
+    /// The module is not in the lifecycle state an operation needs.
+    #[error("module {serial} is {found}, not {expected}")]
+    Lifecycle {
+        /// The module serial, or "without serial".
+        serial: String,
+        /// The state needed.
+        expected: Lifecycle,
+        /// The module's state.
+        found: Lifecycle,
+    },
+    /// An OPERATING module lacks a certificate it must hold.
+    #[error("module {serial} holds no {what}")]
+    MissingCertificate {
+        /// The module serial.
+        serial: String,
+        /// Which certificate.
+        what: &'static str,
+    },
+    /// Manufacturing failed.
+    #[error(transparent)]
+    Manufacture(#[from] ManufactureError),
+    /// Personalizing or resetting failed.
+    #[error(transparent)]
+    Personalize(#[from] PersonalizeError),
+    /// Reading a module's status failed.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// The journal database failed.
+    #[error("issuance journal {path}: {op}", path = .path.display())]
+    Sqlite {
+        /// The journal file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// SQLite refused WAL mode for the journal.
+    #[error("issuance journal {path}: journal mode is {mode:?}, WAL is required", path = .path.display())]
+    JournalNotWal {
+        /// The journal file.
+        path: PathBuf,
+        /// The mode SQLite kept.
+        mode: String,
+    },
+    /// The journal was written by a newer version of this tool.
+    #[error(
+        "issuance journal {path} has schema version {found}; this tool supports up to {supported}",
+        path = .path.display()
+    )]
+    JournalTooNew {
+        /// The journal file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest this tool knows.
+        supported: i64,
+    },
+    /// No journal entry has that id.
+    #[error("no issuance journal entry with id {0}")]
+    JournalEntryNotFound(i64),
+    /// The journal entry is not in status 'issued', so it cannot be marked again.
+    #[error("issuance journal entry {id} is already {status}; only 'issued' entries can be marked")]
+    JournalEntryNotPending {
+        /// The entry.
+        id: i64,
+        /// Its current status.
+        status: String,
+    },
+    /// A journal row holds a value this tool does not know.
+    #[error("issuance journal entry {id} is corrupt: {what}")]
+    JournalCorrupt {
+        /// The entry.
+        id: i64,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// The demo was asked for no modules.
+    #[error("the demo needs at least one module")]
+    NoModules,
+    /// The `openssl` program is not installed.
+    #[error("`openssl` was not found on PATH; install OpenSSL to get the baseline")]
+    OpensslMissing,
+    /// `openssl` could not be run.
+    #[error("cannot run `openssl`")]
+    OpensslSpawn(#[source] std::io::Error),
+    /// `openssl speed` exited with an error.
+    #[error("`openssl speed` failed ({status}): {stderr}")]
+    OpensslFailed {
+        /// Its exit status.
+        status: String,
+        /// The last line of its standard error.
+        stderr: String,
+    },
+    /// The output of `openssl speed` has no parsable nistp384 line.
+    #[error(
+        "cannot find sign/s and verify/s for nistp384 in the output of `openssl speed`: {excerpt:?}"
+    )]
+    OpensslUnparsable {
+        /// The start of the output.
+        excerpt: String,
+    },
+    /// A signature made by the bench did not verify: the crypto stack is broken.
+    #[error("a signature made by the bench did not verify; the P-384 stack is broken")]
+    BenchSelfCheck,
+    /// The operating system's random generator failed.
+    #[error("the operating system random generator failed")]
+    Random,
+}

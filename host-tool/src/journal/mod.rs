@@ -1,0 +1,359 @@
+//! The issuance journal: every module certificate the unit issues, recorded
+//! durably before it leaves the unit (DESIGN §8), then marked installed or
+//! failed.
+//!
+//! ```text
+//!  personalize ─ Action::Record ─▶ record_issued ─▶ INSERT … 'issued' (committed, fsynced)
+//!              ─ PUT DATA ok ────▶ mark_installed ─▶ 'issued' → 'installed'
+//!              ─ any failure ────▶ mark_failed ────▶ 'issued' → 'failed' + reason
+//! ```
+//!
+//! SQLite in WAL mode with `synchronous=FULL`, so a committed row survives a
+//! power loss. The schema is versioned with `PRAGMA user_version`; each
+//! migration runs in one transaction.
+
+use std::path::{Path, PathBuf};
+
+use imprint_apdu::host::personalize::unix_now;
+use imprint_apdu::host::{IssuanceJournal, IssuedCertificate, JournalError};
+use imprint_apdu::pki::Certificate;
+use imprint_central::display;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::HostError;
+
+#[cfg(test)]
+mod tests;
+
+/// Schema migrations; after applying `MIGRATIONS[i]` the schema version is `i + 1`.
+const MIGRATIONS: &[&str] = &["CREATE TABLE issuance (
+        id          INTEGER PRIMARY KEY,
+        serial      TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        certificate BLOB NOT NULL,
+        nonce       BLOB NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('issued', 'installed', 'failed')),
+        reason      TEXT,
+        issued_at   INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    CREATE INDEX issuance_serial ON issuance (serial);"];
+
+/// The schema version this tool writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Where an issued certificate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuanceStatus {
+    /// Recorded; not yet known to be installed.
+    Issued,
+    /// The module committed it.
+    Installed,
+    /// The personalization failed after it was issued.
+    Failed,
+}
+
+impl IssuanceStatus {
+    /// The text stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::Installed => "installed",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses the `status` column.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "issued" => Some(Self::Issued),
+            "installed" => Some(Self::Installed),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for IssuanceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// The journal id.
+    pub id: i64,
+    /// The module serial (16 lowercase hex characters).
+    pub serial: String,
+    /// SHA-384 of the certificate DER, lowercase hex.
+    pub fingerprint: String,
+    /// The certificate, DER.
+    pub certificate: Vec<u8>,
+    /// The module's nonce the certificate carries (claim 9).
+    pub nonce: Vec<u8>,
+    /// Where it stands.
+    pub status: IssuanceStatus,
+    /// Why it failed, for failed entries.
+    pub reason: Option<String>,
+    /// When it was recorded (seconds since the Unix epoch).
+    pub issued_at: i64,
+    /// When its status last changed (seconds since the Unix epoch).
+    pub updated_at: i64,
+}
+
+impl JournalEntry {
+    /// Parses the stored certificate.
+    pub fn parse_certificate(&self) -> Result<Certificate, HostError> {
+        Certificate::from_der(&self.certificate).map_err(|_| HostError::JournalCorrupt {
+            id: self.id,
+            what: "the stored certificate does not parse",
+        })
+    }
+}
+
+/// The issuance journal in one SQLite file.
+#[derive(Debug)]
+pub struct SqliteJournal {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteJournal {
+    /// Opens the journal at `path`, creating it if needed, and migrates it to
+    /// the current schema.
+    pub fn open(path: &Path) -> Result<Self, HostError> {
+        Self::open_with(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )
+    }
+
+    /// Opens an existing journal; fails if there is none at `path`.
+    pub fn open_existing(path: &Path) -> Result<Self, HostError> {
+        if !path.is_file() {
+            return Err(HostError::Io {
+                op: "open the issuance journal",
+                path: path.to_path_buf(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+    }
+
+    fn open_with(path: &Path, flags: OpenFlags) -> Result<Self, HostError> {
+        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(sqlite(path, "cannot open"))?;
+        let mut journal = Self {
+            conn,
+            path: path.to_path_buf(),
+        };
+        journal.configure()?;
+        journal.migrate()?;
+        Ok(journal)
+    }
+
+    fn configure(&self) -> Result<(), HostError> {
+        let path = &self.path;
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sqlite(path, "cannot set the busy timeout"))?;
+        let mode: String = self
+            .conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(sqlite(path, "cannot switch to WAL mode"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(HostError::JournalNotWal {
+                path: path.clone(),
+                mode,
+            });
+        }
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(sqlite(path, "cannot set synchronous=FULL"))?;
+        Ok(())
+    }
+
+    fn migrate(&mut self) -> Result<(), HostError> {
+        let path = self.path.clone();
+        let version = self.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(HostError::JournalTooNew {
+                path,
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let start = usize::try_from(version).unwrap_or(0);
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(start) {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+                .map_err(sqlite(&path, "cannot begin a migration"))?;
+            // Another process may have migrated while we waited for the lock.
+            let current: i64 = tx
+                .pragma_query_value(None, "user_version", |row| row.get(0))
+                .map_err(sqlite(&path, "cannot read the schema version"))?;
+            if current > index as i64 {
+                continue;
+            }
+            tx.execute_batch(migration)
+                .map_err(sqlite(&path, "cannot migrate the schema"))?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)
+                .map_err(sqlite(&path, "cannot record the schema version"))?;
+            tx.commit()
+                .map_err(sqlite(&path, "cannot commit a migration"))?;
+        }
+        Ok(())
+    }
+
+    /// The schema version (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<i64, HostError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(sqlite(&self.path, "cannot read the schema version"))
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records an issued certificate with status 'issued'; the row is
+    /// committed (and, with `synchronous=FULL`, durable) when this returns.
+    pub fn record(&mut self, issued: &IssuedCertificate) -> Result<i64, HostError> {
+        let now = now_i64();
+        self.conn
+            .execute(
+                "INSERT INTO issuance (serial, fingerprint, certificate, nonce, status, reason, issued_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'issued', NULL, ?5, ?5)",
+                params![
+                    issued.serial,
+                    display::fingerprint(&issued.certificate),
+                    issued.certificate.der(),
+                    &issued.nonce[..],
+                    now,
+                ],
+            )
+            .map_err(sqlite(&self.path, "cannot record an issued certificate"))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Marks entry `id` installed: the module committed its certificate.
+    /// Fails unless the entry is in status 'issued'.
+    pub fn set_installed(&mut self, id: i64) -> Result<(), HostError> {
+        self.mark(id, IssuanceStatus::Installed, None)
+    }
+
+    /// Marks entry `id` failed with `reason`. Fails unless the entry is in
+    /// status 'issued'.
+    pub fn set_failed(&mut self, id: i64, reason: &str) -> Result<(), HostError> {
+        self.mark(id, IssuanceStatus::Failed, Some(reason))
+    }
+
+    fn mark(
+        &mut self,
+        id: i64,
+        status: IssuanceStatus,
+        reason: Option<&str>,
+    ) -> Result<(), HostError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE issuance SET status = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1 AND status = 'issued'",
+                params![id, status.as_str(), reason, now_i64()],
+            )
+            .map_err(sqlite(&self.path, "cannot update an entry"))?;
+        if changed == 1 {
+            return Ok(());
+        }
+        let current: Option<String> = self
+            .conn
+            .query_row("SELECT status FROM issuance WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(sqlite(&self.path, "cannot read an entry"))?;
+        Err(match current {
+            None => HostError::JournalEntryNotFound(id),
+            Some(status) => HostError::JournalEntryNotPending { id, status },
+        })
+    }
+
+    /// Every entry, oldest first.
+    pub fn entries(&self) -> Result<Vec<JournalEntry>, HostError> {
+        self.query(None)
+    }
+
+    /// The entries of one module serial, oldest first.
+    pub fn entries_for(&self, serial: &str) -> Result<Vec<JournalEntry>, HostError> {
+        self.query(Some(serial))
+    }
+
+    fn query(&self, serial: Option<&str>) -> Result<Vec<JournalEntry>, HostError> {
+        let path = &self.path;
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT id, serial, fingerprint, certificate, nonce, status, reason, issued_at, updated_at
+                 FROM issuance WHERE ?1 IS NULL OR serial = ?1 ORDER BY id",
+            )
+            .map_err(sqlite(path, "cannot query entries"))?;
+        let rows = statement
+            .query_map([serial], |row| {
+                Ok((
+                    JournalEntry {
+                        id: row.get(0)?,
+                        serial: row.get(1)?,
+                        fingerprint: row.get(2)?,
+                        certificate: row.get(3)?,
+                        nonce: row.get(4)?,
+                        status: IssuanceStatus::Issued,
+                        reason: row.get(6)?,
+                        issued_at: row.get(7)?,
+                        updated_at: row.get(8)?,
+                    },
+                    row.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(sqlite(path, "cannot query entries"))?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let (mut entry, status) = row.map_err(sqlite(path, "cannot read an entry"))?;
+            entry.status = IssuanceStatus::parse(&status).ok_or(HostError::JournalCorrupt {
+                id: entry.id,
+                what: "unknown status",
+            })?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl IssuanceJournal for SqliteJournal {
+    fn record_issued(&mut self, issued: &IssuedCertificate) -> Result<i64, JournalError> {
+        self.record(issued).map_err(boxed)
+    }
+
+    fn mark_installed(&mut self, id: i64) -> Result<(), JournalError> {
+        self.set_installed(id).map_err(boxed)
+    }
+
+    fn mark_failed(&mut self, id: i64, reason: &str) -> Result<(), JournalError> {
+        self.set_failed(id, reason).map_err(boxed)
+    }
+}
+
+fn boxed(err: HostError) -> JournalError {
+    JournalError(Box::new(err))
+}
+
+fn sqlite(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> HostError + use<> {
+    let path = path.to_path_buf();
+    move |source| HostError::Sqlite { path, op, source }
+}
+
+fn now_i64() -> i64 {
+    i64::try_from(unix_now()).unwrap_or(i64::MAX)
+}

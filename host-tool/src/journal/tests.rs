@@ -1,0 +1,175 @@
+use imprint_apdu::host::IssuanceJournal;
+
+use super::*;
+use crate::testutil::issued;
+
+const SERIAL: &str = "0123456789abcdef";
+
+#[test]
+fn records_then_marks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut journal = SqliteJournal::open(&tmp.path().join("journal.sqlite")).expect("open");
+    assert_eq!(journal.schema_version().expect("version"), SCHEMA_VERSION);
+    let first = issued(SERIAL, 1);
+    let second = issued(SERIAL, 2);
+    let other = issued("fedcba9876543210", 3);
+    let a = journal.record_issued(&first).expect("record");
+    let b = journal.record_issued(&second).expect("record");
+    let c = journal.record_issued(&other).expect("record");
+    assert!(a < b && b < c);
+
+    let entries = journal.entries().expect("entries");
+    assert_eq!(entries.len(), 3);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.status == IssuanceStatus::Issued && e.reason.is_none())
+    );
+    assert_eq!(entries[0].certificate, first.certificate.der());
+    assert_eq!(entries[0].nonce, vec![1; 16]);
+    assert_eq!(
+        entries[0].fingerprint,
+        display::fingerprint(&first.certificate)
+    );
+    assert_eq!(
+        entries[0].parse_certificate().expect("parse").der(),
+        first.certificate.der()
+    );
+
+    journal.mark_installed(a).expect("installed");
+    journal
+        .mark_failed(b, "module answered 6982")
+        .expect("failed");
+    let mine = journal.entries_for(SERIAL).expect("entries");
+    assert_eq!(mine.len(), 2);
+    assert_eq!(mine[0].status, IssuanceStatus::Installed);
+    assert_eq!(mine[1].status, IssuanceStatus::Failed);
+    assert_eq!(mine[1].reason.as_deref(), Some("module answered 6982"));
+    assert_eq!(
+        journal.entries_for("fedcba9876543210").expect("entries")[0].id,
+        c
+    );
+    assert!(
+        journal
+            .entries_for("0000000000000000")
+            .expect("entries")
+            .is_empty()
+    );
+}
+
+#[test]
+fn refuses_double_marks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut journal = SqliteJournal::open(&tmp.path().join("journal.sqlite")).expect("open");
+    let id = journal.record(&issued(SERIAL, 1)).expect("record");
+    journal.set_installed(id).expect("installed");
+    for result in [journal.set_installed(id), journal.set_failed(id, "late")] {
+        match result {
+            Err(HostError::JournalEntryNotPending { id: got, status }) => {
+                assert_eq!(got, id);
+                assert_eq!(status, "installed");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    let failed = journal.record(&issued(SERIAL, 2)).expect("record");
+    journal.set_failed(failed, "torn").expect("failed");
+    assert!(matches!(
+        journal.set_installed(failed),
+        Err(HostError::JournalEntryNotPending { .. })
+    ));
+    assert!(matches!(
+        journal.set_installed(9999),
+        Err(HostError::JournalEntryNotFound(9999))
+    ));
+    // Through the trait the error is boxed but keeps its message.
+    let err = IssuanceJournal::mark_installed(&mut journal, id).expect_err("refused");
+    assert!(err.to_string().contains("issuance journal"), "{err}");
+    let entries = journal.entries().expect("entries");
+    assert_eq!(entries[0].status, IssuanceStatus::Installed);
+    assert_eq!(entries[1].reason.as_deref(), Some("torn"));
+}
+
+#[test]
+fn survives_reopen() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("journal.sqlite");
+    let record = issued(SERIAL, 7);
+    let id = {
+        let mut journal = SqliteJournal::open(&path).expect("open");
+        journal.record_issued(&record).expect("record")
+    };
+    let mut journal = SqliteJournal::open_existing(&path).expect("reopen");
+    assert_eq!(journal.schema_version().expect("version"), SCHEMA_VERSION);
+    let entries = journal.entries().expect("entries");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].id, id);
+    assert_eq!(entries[0].status, IssuanceStatus::Issued);
+    journal.mark_installed(id).expect("installed after reopen");
+    drop(journal);
+    let journal = SqliteJournal::open(&path).expect("reopen");
+    assert_eq!(
+        journal.entries().expect("entries")[0].status,
+        IssuanceStatus::Installed
+    );
+}
+
+#[test]
+fn uses_wal_and_full_sync() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let journal = SqliteJournal::open(&tmp.path().join("journal.sqlite")).expect("open");
+    let mode: String = journal
+        .conn
+        .pragma_query_value(None, "journal_mode", |row| row.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+    let sync: i64 = journal
+        .conn
+        .pragma_query_value(None, "synchronous", |row| row.get(0))
+        .expect("sync");
+    assert_eq!(sync, 2, "synchronous=FULL");
+}
+
+#[test]
+fn refuses_a_newer_schema() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("journal.sqlite");
+    {
+        let journal = SqliteJournal::open(&path).expect("open");
+        journal
+            .conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("bump");
+    }
+    match SqliteJournal::open(&path) {
+        Err(HostError::JournalTooNew {
+            found, supported, ..
+        }) => {
+            assert_eq!(found, SCHEMA_VERSION + 1);
+            assert_eq!(supported, SCHEMA_VERSION);
+        }
+        other => panic!("expected JournalTooNew, got {other:?}"),
+    }
+}
+
+#[test]
+fn open_existing_requires_a_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("missing.sqlite");
+    assert!(matches!(
+        SqliteJournal::open_existing(&path),
+        Err(HostError::Io { .. })
+    ));
+    assert!(!path.exists());
+}
+
+#[test]
+fn the_check_constraint_guards_status() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut journal = SqliteJournal::open(&tmp.path().join("journal.sqlite")).expect("open");
+    let id = journal.record(&issued(SERIAL, 1)).expect("record");
+    let result = journal
+        .conn
+        .execute("UPDATE issuance SET status = 'lost' WHERE id = ?1", [id]);
+    assert!(result.is_err());
+}

@@ -1,0 +1,37 @@
+//! Imprint's host tool: the manufacturer's and the personalization unit's
+//! stations, the issuance journal, the end-to-end demo and the crypto bench.
+//! The binary `imprint` is a thin command line over this library.
+//!
+//! ```text
+//!  manufacturer/ (M key, M root) ──certify──▶ by-manufacturer.pem ─┐
+//!  central/ (imprint-central)    ──certify──▶ by-central.pem ──────┤
+//!                                                                   ▼
+//!  personalizer/ (P key, CSR) ── install ──▶ central-delivery.pem ─▶ UnitCredentials
+//!                                                                   │
+//!  module dir ─▶ FileKeyMemory ─▶ Applet ─▶ InProcessTransport ─▶ CardLink
+//!        ▲             manufacture (M) / personalize (P) / reset    │
+//!        └──────────────────────────── APDUs ◀──────────────────────┘
+//!                                  personalize ──▶ journal::SqliteJournal
+//!                                  (every certificate recorded before it is sent)
+//! ```
+//!
+//! - [`roles`]: the on-disk layout of the manufacturer and of the unit.
+//! - [`journal`]: the SQLite issuance journal behind
+//!   [`imprint_apdu::host::IssuanceJournal`].
+//! - [`module`]: opening a file-backed module in-process.
+//! - [`demo`]: the whole flow on N modules, verified afterwards.
+//! - [`bench`](mod@bench): P-384 signature rates against `openssl speed`.
+
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod demo;
+mod error;
+pub mod journal;
+pub mod module;
+pub mod roles;
+
+pub use error::HostError;
+
+#[cfg(test)]
+mod testutil;
