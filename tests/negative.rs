@@ -3,10 +3,12 @@
 //! status word or error and a module in a defined state.
 
 use imprint_apdu::applet::Applet;
-use imprint_apdu::host::personalize::{BundleRejection, ModuleCertificateIssuer, ModuleCertificateRequest, OpenChannel};
+use imprint_apdu::host::personalize::{
+    BundleRejection, ModuleCertificateIssuer, ModuleCertificateRequest, OpenChannel,
+};
 use imprint_apdu::host::{
-    CardLink, InProcessTransport, PersonalizationOptions, PersonalizeError, Transport, TransportError,
-    UnitCredentials, personalize,
+    CardLink, InProcessTransport, PersonalizationOptions, PersonalizeError, Transport,
+    TransportError, UnitCredentials, personalize,
 };
 use imprint_apdu::iso::sw;
 use imprint_apdu::keymem::file::FileKeyMemory;
@@ -33,8 +35,15 @@ fn assert_consistent(dir: &std::path::Path, pki: &Pki) -> Lifecycle {
             let unit = Certificate::from_der(records.unit_cert.as_ref().unwrap()).unwrap();
             pki::verify_issued_by(&module, &unit, 0).unwrap();
             pki::verify_issued_by(&unit, &pki.central_root, 1).unwrap();
-            let key = memory.public_key(KeySlot::Module).unwrap().expect("module key present");
-            assert_eq!(module.public_key_sec1(), encode_point(&key), "certificate matches the key");
+            let key = memory
+                .public_key(KeySlot::Module)
+                .unwrap()
+                .expect("module key present");
+            assert_eq!(
+                module.public_key_sec1(),
+                encode_point(&key),
+                "certificate matches the key"
+            );
             assert!(records.central_cert.is_some());
         }
         Lifecycle::Manufactured => panic!("module fell back to MANUFACTURED"),
@@ -42,7 +51,11 @@ fn assert_consistent(dir: &std::path::Path, pki: &Pki) -> Lifecycle {
     records.lifecycle
 }
 
-fn torn_run(dir: &std::path::Path, unit: &UnitCredentials, limit: usize) -> (PersonalizeError, RecordingJournal) {
+fn torn_run(
+    dir: &std::path::Path,
+    unit: &UnitCredentials,
+    limit: usize,
+) -> (PersonalizeError, RecordingJournal) {
     let applet = Applet::new(FileKeyMemory::open(dir).unwrap()).unwrap();
     let tearing = TearingTransport {
         inner: InProcessTransport::new(applet),
@@ -51,7 +64,13 @@ fn torn_run(dir: &std::path::Path, unit: &UnitCredentials, limit: usize) -> (Per
     };
     let mut link = CardLink::new(tearing);
     let mut journal = RecordingJournal::default();
-    let err = personalize(&mut link, &mut journal, unit, PersonalizationOptions::default()).unwrap_err();
+    let err = personalize(
+        &mut link,
+        &mut journal,
+        unit,
+        PersonalizationOptions::default(),
+    )
+    .unwrap_err();
     // Dropping the link drops the applet: the module loses power here.
     (err, journal)
 }
@@ -72,7 +91,10 @@ fn torn_connection_after_each_apdu_of_a_personalization_leaves_a_defined_state()
 
             let (err, journal) = torn_run(dir.path(), &pki.unit, limit);
             assert!(
-                matches!(err, PersonalizeError::Transport(TransportError::Disconnected)),
+                matches!(
+                    err,
+                    PersonalizeError::Transport(TransportError::Disconnected)
+                ),
                 "limit {limit}: {err}"
             );
             let state = assert_consistent(dir.path(), &pki);
@@ -83,7 +105,10 @@ fn torn_connection_after_each_apdu_of_a_personalization_leaves_a_defined_state()
             } else {
                 Lifecycle::Personalization
             };
-            assert_eq!(state, expected, "repersonalize={repersonalize} limit={limit}");
+            assert_eq!(
+                state, expected,
+                "repersonalize={repersonalize} limit={limit}"
+            );
             // The journal saw the certificate only if the run got that far, and marked it failed.
             for (_, entry) in &journal.entries {
                 assert!(matches!(entry, EntryState::Failed(_)), "{entry:?}");
@@ -94,6 +119,7 @@ fn torn_connection_after_each_apdu_of_a_personalization_leaves_a_defined_state()
             let mut link = file_module(dir.path());
             personalized(&mut link, &pki.unit, &mut RecordingJournal::default())
                 .unwrap_or_else(|err| panic!("repersonalize={repersonalize} limit={limit}: {err}"));
+            drop(link);
             assert_consistent(dir.path(), &pki);
         }
     }
@@ -112,15 +138,30 @@ fn torn_manufacture_resumes_with_the_same_identity_key() {
         });
         imprint_apdu::host::manufacture::manufacture(&mut link, &pki.manufacturer, 25).unwrap_err();
         drop(link);
-        let before = FileKeyMemory::open(dir.path()).unwrap().public_key(KeySlot::Identity).unwrap();
+        let before = FileKeyMemory::open(dir.path())
+            .unwrap()
+            .public_key(KeySlot::Identity)
+            .unwrap();
         let mut link = file_module(dir.path());
         if limit == 3 {
             // The PUT DATA reached the module before the tear: manufacture is complete.
-            assert_eq!(link.transport_mut().applet().lifecycle(), Lifecycle::Personalization);
+            assert_eq!(
+                link.transport_mut().applet().lifecycle(),
+                Lifecycle::Personalization
+            );
         } else {
-            assert_eq!(link.transport_mut().applet().lifecycle(), Lifecycle::Manufactured);
+            assert_eq!(
+                link.transport_mut().applet().lifecycle(),
+                Lifecycle::Manufactured
+            );
             let report = manufactured(&mut link, &pki);
-            let after = FileKeyMemory::open(dir.path()).unwrap().public_key(KeySlot::Identity).unwrap().unwrap();
+            let after = link
+                .transport_mut()
+                .applet_mut()
+                .memory_mut()
+                .public_key(KeySlot::Identity)
+                .unwrap()
+                .unwrap();
             if let Some(before) = before {
                 assert_eq!(before, after, "identity key is never formed twice");
             }
@@ -131,7 +172,10 @@ fn torn_manufacture_resumes_with_the_same_identity_key() {
 }
 
 /// A module in each lifecycle state, selected, with no channel.
-fn module_in(state: &str, pki: &Pki) -> CardLink<InProcessTransport<imprint_apdu::keymem::memory::MemoryKeyMemory>> {
+fn module_in(
+    state: &str,
+    pki: &Pki,
+) -> CardLink<InProcessTransport<imprint_apdu::keymem::memory::MemoryKeyMemory>> {
     let mut link = ram_module();
     match state {
         "blank" => {}
@@ -164,40 +208,127 @@ fn every_plain_command_in_every_wrong_state_gets_its_status_word() {
     let suite_confirm = [0x00, 0x82, 0x01, 0x01];
     // (state, header, data, expected SW)
     let cases: Vec<(&str, [u8; 4], Vec<u8>, u16)> = vec![
-        ("blank", [0, 0xDB, 0x3F, 0xFF], tlv::encode(0xDF22, b"x"), sw::CONDITIONS),
+        (
+            "blank",
+            [0, 0xDB, 0x3F, 0xFF],
+            tlv::encode(0xDF22, b"x"),
+            sw::CONDITIONS,
+        ),
         ("blank", suite_open, open.clone(), sw::CONDITIONS),
         ("blank", [0, 0x47, 0x80, 0x02], vec![], sw::SECURITY_STATUS),
         ("blank", [0, 0xE6, 0, 0], vec![], sw::SECURITY_STATUS),
-        ("identity-only", [0, 0x47, 0x80, 0x01], vec![], sw::CONDITIONS),
+        (
+            "identity-only",
+            [0, 0x47, 0x80, 0x01],
+            vec![],
+            sw::CONDITIONS,
+        ),
         ("identity-only", suite_open, open.clone(), sw::CONDITIONS),
-        ("personalization", [0, 0x47, 0x80, 0x01], vec![], sw::CONDITIONS),
-        ("personalization", [0, 0x47, 0x80, 0x02], vec![], sw::SECURITY_STATUS),
-        ("personalization", [0, 0xDB, 0x3F, 0xFF], vec![], sw::SECURITY_STATUS),
-        ("personalization", suite_confirm, open.clone(), sw::CONDITIONS),
-        ("personalization", [0x0C, 0x47, 0x80, 0x02], vec![], sw::SECURITY_STATUS),
-        ("personalization", [0, 0xE6, 0, 0], vec![], sw::SECURITY_STATUS),
+        (
+            "personalization",
+            [0, 0x47, 0x80, 0x01],
+            vec![],
+            sw::CONDITIONS,
+        ),
+        (
+            "personalization",
+            [0, 0x47, 0x80, 0x02],
+            vec![],
+            sw::SECURITY_STATUS,
+        ),
+        (
+            "personalization",
+            [0, 0xDB, 0x3F, 0xFF],
+            vec![],
+            sw::SECURITY_STATUS,
+        ),
+        (
+            "personalization",
+            suite_confirm,
+            open.clone(),
+            sw::CONDITIONS,
+        ),
+        (
+            "personalization",
+            [0x0C, 0x47, 0x80, 0x02],
+            vec![],
+            sw::SECURITY_STATUS,
+        ),
+        (
+            "personalization",
+            [0, 0xE6, 0, 0],
+            vec![],
+            sw::SECURITY_STATUS,
+        ),
         ("operating", [0, 0x47, 0x80, 0x01], vec![], sw::CONDITIONS),
-        ("operating", [0, 0xDB, 0x3F, 0xFF], vec![], sw::SECURITY_STATUS),
-        ("operating", [0x0C, 0xDB, 0x3F, 0xFF], vec![], sw::SECURITY_STATUS),
-        ("operating", [0x00, 0xC0, 0x00, 0x00], vec![], sw::CONDITIONS),
-        ("operating", [0x00, 0x99, 0x00, 0x00], vec![], sw::INS_NOT_SUPPORTED),
-        ("operating", [0x00, 0xCA, 0x01, 0x02], vec![], sw::DATA_NOT_FOUND),
-        ("operating", [0x00, 0x82, 0x02, 0x00], open.clone(), sw::WRONG_P1P2),
-        ("operating", [0x00, 0x47, 0x00, 0x01], vec![], sw::WRONG_P1P2),
+        (
+            "operating",
+            [0, 0xDB, 0x3F, 0xFF],
+            vec![],
+            sw::SECURITY_STATUS,
+        ),
+        (
+            "operating",
+            [0x0C, 0xDB, 0x3F, 0xFF],
+            vec![],
+            sw::SECURITY_STATUS,
+        ),
+        (
+            "operating",
+            [0x00, 0xC0, 0x00, 0x00],
+            vec![],
+            sw::CONDITIONS,
+        ),
+        (
+            "operating",
+            [0x00, 0x99, 0x00, 0x00],
+            vec![],
+            sw::INS_NOT_SUPPORTED,
+        ),
+        (
+            "operating",
+            [0x00, 0xCA, 0x01, 0x02],
+            vec![],
+            sw::DATA_NOT_FOUND,
+        ),
+        (
+            "operating",
+            [0x00, 0x82, 0x02, 0x00],
+            open.clone(),
+            sw::WRONG_P1P2,
+        ),
+        (
+            "operating",
+            [0x00, 0x47, 0x00, 0x01],
+            vec![],
+            sw::WRONG_P1P2,
+        ),
     ];
     for (state, header, data, expected) in cases {
         let mut link = module_in(state, &pki);
         let before = link.transport_mut().applet().records().clone();
         let response = link.send(header, &data).unwrap();
         assert_eq!(response.sw, expected, "{state} {header:02X?}");
-        assert_eq!(link.transport_mut().applet().records(), &before, "{state} {header:02X?} changed state");
+        assert_eq!(
+            link.transport_mut().applet().records(),
+            &before,
+            "{state} {header:02X?} changed state"
+        );
     }
     // Nothing but SELECT works before SELECT.
     let mut link = ram_module();
     manufactured(&mut link, &pki);
     link.transport_mut().applet_mut().reset();
-    assert_eq!(link.send([0, 0xCA, 0xDF, 0x21], &[]).unwrap().sw, sw::CONDITIONS);
-    assert_eq!(link.send([0, 0xA4, 0x04, 0x00], &[0xA0, 0, 0, 0, 1]).unwrap().sw, sw::NOT_FOUND);
+    assert_eq!(
+        link.send([0, 0xCA, 0xDF, 0x21], &[]).unwrap().sw,
+        sw::CONDITIONS
+    );
+    assert_eq!(
+        link.send([0, 0xA4, 0x04, 0x00], &[0xA0, 0, 0, 0, 1])
+            .unwrap()
+            .sw,
+        sw::NOT_FOUND
+    );
 }
 
 #[test]
@@ -209,33 +340,75 @@ fn secured_commands_in_wrong_states_are_refused_inside_the_channel() {
     let before = link.transport_mut().applet().records().clone();
     // In OPERATING, key generation and installation are not allowed until TERMINATE.
     let generate = channel
-        .send(&mut link, [0x0C, 0x47, 0x80, 0x02], &tlv::encode(0x80, b"v"))
+        .send(
+            &mut link,
+            [0x0C, 0x47, 0x80, 0x02],
+            &tlv::encode(0x80, b"v"),
+        )
         .unwrap();
     assert_eq!(generate.1, sw::CONDITIONS);
-    let install = channel.send(&mut link, [0x0C, 0xDB, 0x3F, 0xFF], &[]).unwrap();
+    let install = channel
+        .send(&mut link, [0x0C, 0xDB, 0x3F, 0xFF], &[])
+        .unwrap();
     assert_eq!(install.1, sw::CONDITIONS);
-    let identity = channel.send(&mut link, [0x0C, 0x47, 0x80, 0x01], &[]).unwrap();
+    let identity = channel
+        .send(&mut link, [0x0C, 0x47, 0x80, 0x01], &[])
+        .unwrap();
     assert_eq!(identity.1, sw::CONDITIONS);
     assert_eq!(link.transport_mut().applet().records(), &before);
 
     // After TERMINATE: PUT DATA before GENERATE is refused; bad variation values too.
-    assert_eq!(channel.send(&mut link, [0x0C, 0xE6, 0, 0], &[]).unwrap().1, sw::OK);
+    assert_eq!(
+        channel.send(&mut link, [0x0C, 0xE6, 0, 0], &[]).unwrap().1,
+        sw::OK
+    );
     let mut bundle = tlv::encode(0xDF23, b"not a certificate");
     bundle.extend(tlv::encode(0xDF24, b"x"));
     bundle.extend(tlv::encode(0xDF25, b"x"));
-    assert_eq!(channel.send(&mut link, [0x0C, 0xDB, 0x3F, 0xFF], &bundle).unwrap().1, sw::CONDITIONS);
+    assert_eq!(
+        channel
+            .send(&mut link, [0x0C, 0xDB, 0x3F, 0xFF], &bundle)
+            .unwrap()
+            .1,
+        sw::CONDITIONS
+    );
     for variation in [vec![], vec![0u8; 65]] {
         let data = tlv::encode(0x80, &variation);
-        assert_eq!(channel.send(&mut link, [0x0C, 0x47, 0x80, 0x02], &data).unwrap().1, sw::WRONG_DATA);
+        assert_eq!(
+            channel
+                .send(&mut link, [0x0C, 0x47, 0x80, 0x02], &data)
+                .unwrap()
+                .1,
+            sw::WRONG_DATA
+        );
     }
-    assert_eq!(channel.send(&mut link, [0x0C, 0x47, 0x80, 0x02], &[]).unwrap().1, sw::WRONG_DATA);
+    assert_eq!(
+        channel
+            .send(&mut link, [0x0C, 0x47, 0x80, 0x02], &[])
+            .unwrap()
+            .1,
+        sw::WRONG_DATA
+    );
     // With a key generated, a malformed bundle is 6A80 and nothing is committed.
     let generated = channel
-        .send(&mut link, [0x0C, 0x47, 0x80, 0x02], &tlv::encode(0x80, b"v"))
+        .send(
+            &mut link,
+            [0x0C, 0x47, 0x80, 0x02],
+            &tlv::encode(0x80, b"v"),
+        )
         .unwrap();
     assert_eq!(generated.1, sw::OK);
-    assert_eq!(channel.send(&mut link, [0x0C, 0xDB, 0x3F, 0xFF], &bundle).unwrap().1, sw::WRONG_DATA);
-    assert_eq!(link.transport_mut().applet().lifecycle(), Lifecycle::Personalization);
+    assert_eq!(
+        channel
+            .send(&mut link, [0x0C, 0xDB, 0x3F, 0xFF], &bundle)
+            .unwrap()
+            .1,
+        sw::WRONG_DATA
+    );
+    assert_eq!(
+        link.transport_mut().applet().lifecycle(),
+        Lifecycle::Personalization
+    );
 }
 
 #[test]
@@ -254,7 +427,12 @@ fn tampered_and_replayed_secure_messaging_closes_the_channel() {
     assert_eq!(replay, [0x69, 0x88]);
     // The channel is gone: even a correctly sealed next command is refused.
     let next = channel.seal(header, &[]).unwrap();
-    let next = link.transport_mut().transmit(&imprint_apdu::host::transport::encode_extended(header, &next)).unwrap();
+    let next = link
+        .transport_mut()
+        .transmit(&imprint_apdu::host::transport::encode_extended(
+            header, &next,
+        ))
+        .unwrap();
     assert_eq!(next, [0x69, 0x82]);
 
     // Every single-bit flip in a sealed command is detected, with the same status word.
@@ -264,7 +442,11 @@ fn tampered_and_replayed_secure_messaging_closes_the_channel() {
         let mut sealed = channel.seal(header, &[]).unwrap();
         sealed[index] ^= 0x80;
         let apdu = imprint_apdu::host::transport::encode_extended(header, &sealed);
-        assert_eq!(link.transport_mut().transmit(&apdu).unwrap(), [0x69, 0x88], "byte {index}");
+        assert_eq!(
+            link.transport_mut().transmit(&apdu).unwrap(),
+            [0x69, 0x88],
+            "byte {index}"
+        );
     }
     // A command sealed for one header and sent under another (reordering, header swap).
     let mut link = module_in("personalization", &pki);
@@ -322,15 +504,42 @@ fn malformed_apdus_and_tlvs_get_precise_status_words() {
         ("non-minimal length", vec![0x7C, 0x81, 0x01, 0x00]),
         ("truncated", vec![0x7C, 0x10, 0xA0]),
         ("wrong template", tlv::encode(0x7D, &[])),
-        ("trailing bytes", [template(unit_cert, &good_point, &[0; 32]), vec![0]].concat()),
+        (
+            "trailing bytes",
+            [template(unit_cert, &good_point, &[0; 32]), vec![0]].concat(),
+        ),
         ("unknown tag", tlv::encode(0x7C, &tlv::encode(0x99, b"x"))),
-        ("duplicate tag", tlv::encode(0x7C, &[tlv::encode(0x81, &[0; 32]), tlv::encode(0x81, &[0; 32])].concat())),
-        ("missing certificate", tlv::encode(0x7C, &[tlv::encode(0x85, &good_point), tlv::encode(0x81, &[0; 32])].concat())),
-        ("garbage certificate", template(b"\x30\x03\x02\x01\x01", &good_point, &[0; 32])),
-        ("truncated certificate", template(&unit_cert[..unit_cert.len() - 1], &good_point, &[0; 32])),
+        (
+            "duplicate tag",
+            tlv::encode(
+                0x7C,
+                &[tlv::encode(0x81, &[0; 32]), tlv::encode(0x81, &[0; 32])].concat(),
+            ),
+        ),
+        (
+            "missing certificate",
+            tlv::encode(
+                0x7C,
+                &[tlv::encode(0x85, &good_point), tlv::encode(0x81, &[0; 32])].concat(),
+            ),
+        ),
+        (
+            "garbage certificate",
+            template(b"\x30\x03\x02\x01\x01", &good_point, &[0; 32]),
+        ),
+        (
+            "truncated certificate",
+            template(&unit_cert[..unit_cert.len() - 1], &good_point, &[0; 32]),
+        ),
         ("off-curve point", template(unit_cert, &off_curve, &[0; 32])),
-        ("compressed point", template(unit_cert, &good_point[..49], &[0; 32])),
-        ("short challenge", template(unit_cert, &good_point, &[0; 31])),
+        (
+            "compressed point",
+            template(unit_cert, &good_point[..49], &[0; 32]),
+        ),
+        (
+            "short challenge",
+            template(unit_cert, &good_point, &[0; 31]),
+        ),
     ];
     for (name, data) in bad_templates {
         let response = link.send(auth, &data).unwrap();
@@ -338,10 +547,21 @@ fn malformed_apdus_and_tlvs_get_precise_status_words() {
     }
     // A well-formed certificate of the wrong role (the module's own identity certificate)
     // is a refusal, not a format error.
-    let identity = link.transport_mut().applet().records().identity_cert.clone().unwrap();
-    let response = link.send(auth, &template(&identity, &good_point, &[0; 32])).unwrap();
+    let identity = link
+        .transport_mut()
+        .applet()
+        .records()
+        .identity_cert
+        .clone()
+        .unwrap();
+    let response = link
+        .send(auth, &template(&identity, &good_point, &[0; 32]))
+        .unwrap();
     assert_eq!(response.sw, sw::SECURITY_STATUS);
-    assert_eq!(link.transport_mut().applet().lifecycle(), Lifecycle::Personalization);
+    assert_eq!(
+        link.transport_mut().applet().lifecycle(),
+        Lifecycle::Personalization
+    );
 }
 
 #[test]
@@ -369,22 +589,46 @@ fn a_chain_longer_than_the_card_buffer_is_refused() {
 #[test]
 fn personalization_works_without_extended_length_through_chaining_and_get_response() {
     let pki = Pki::new();
-    let applet = Applet::new(imprint_apdu::keymem::memory::MemoryKeyMemory::new(random_seed())).unwrap();
-    let mut link = CardLink::new(LoggingTransport::new(InProcessTransport::new(applet).short_apdus_only()));
+    let applet = Applet::new(imprint_apdu::keymem::memory::MemoryKeyMemory::new(
+        random_seed(),
+    ))
+    .unwrap();
+    let mut link = CardLink::new(LoggingTransport::new(
+        InProcessTransport::new(applet).short_apdus_only(),
+    ));
     manufacture_with(&mut link, &pki.manufacturer);
-    let report = personalize(&mut link, &mut RecordingJournal::default(), &pki.unit, PersonalizationOptions::default())
-        .unwrap();
-    assert!(report.apdus > 5, "chaining and GET RESPONSE add APDUs: {}", report.apdus);
+    let report = personalize(
+        &mut link,
+        &mut RecordingJournal::default(),
+        &pki.unit,
+        PersonalizationOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        report.apdus > 5,
+        "chaining and GET RESPONSE add APDUs: {}",
+        report.apdus
+    );
     let log = &link.transport_mut().log;
     assert!(log.iter().all(|(command, _)| command.len() <= 261));
-    assert!(log.iter().any(|(command, _)| command[0] & 0x10 != 0), "command chaining used");
-    assert!(log.iter().any(|(command, _)| command[1] == 0xC0), "GET RESPONSE used");
+    assert!(
+        log.iter().any(|(command, _)| command[0] & 0x10 != 0),
+        "command chaining used"
+    );
+    assert!(
+        log.iter().any(|(command, _)| command[1] == 0xC0),
+        "GET RESPONSE used"
+    );
 }
 
 struct ForeignKeyIssuer;
 
 impl ModuleCertificateIssuer for ForeignKeyIssuer {
-    fn issue(&self, unit: &UnitCredentials, request: &ModuleCertificateRequest) -> Result<Certificate, IssueError> {
+    fn issue(
+        &self,
+        unit: &UnitCredentials,
+        request: &ModuleCertificateRequest,
+    ) -> Result<Certificate, IssueError> {
         let other = encode_point(&p384::PublicKey::from(random_key().verifying_key()));
         issue::module_cert(
             IssuerKey {
@@ -402,7 +646,11 @@ impl ModuleCertificateIssuer for ForeignKeyIssuer {
 struct OtherSerialIssuer;
 
 impl ModuleCertificateIssuer for OtherSerialIssuer {
-    fn issue(&self, unit: &UnitCredentials, request: &ModuleCertificateRequest) -> Result<Certificate, IssueError> {
+    fn issue(
+        &self,
+        unit: &UnitCredentials,
+        request: &ModuleCertificateRequest,
+    ) -> Result<Certificate, IssueError> {
         issue::module_cert(
             IssuerKey {
                 cert: &unit.cert_by_central,
@@ -421,7 +669,19 @@ fn module_certificate_for_another_key_or_module_is_refused() {
     let pki = Pki::new();
     let (err, lifecycle) = pki.run_failing(&pki.unit, Some(Box::new(ForeignKeyIssuer)));
     assert_eq!(lifecycle, Lifecycle::Personalization);
-    assert!(matches!(err, PersonalizeError::CertificatesRejected(BundleRejection::ModuleKeyMismatch)), "{err}");
+    assert!(
+        matches!(
+            err,
+            PersonalizeError::CertificatesRejected(BundleRejection::ModuleKeyMismatch)
+        ),
+        "{err}"
+    );
     let (err, _) = pki.run_failing(&pki.unit, Some(Box::new(OtherSerialIssuer)));
-    assert!(matches!(err, PersonalizeError::CertificatesRejected(BundleRejection::SerialMismatch)), "{err}");
+    assert!(
+        matches!(
+            err,
+            PersonalizeError::CertificatesRejected(BundleRejection::SerialMismatch)
+        ),
+        "{err}"
+    );
 }

@@ -87,8 +87,18 @@ fn random_apdu(rng: &mut Rng, seen: &[Vec<u8>]) -> Vec<u8> {
     }
 }
 
-fn hammer(link: &mut CardLink<LoggingTransport<InProcessTransport<MemoryKeyMemory>>>, seed: u64, rounds: usize, frozen: bool) {
-    let seen: Vec<Vec<u8>> = link.transport_mut().log.iter().map(|(command, _)| command.clone()).collect();
+fn hammer(
+    link: &mut CardLink<LoggingTransport<InProcessTransport<MemoryKeyMemory>>>,
+    seed: u64,
+    rounds: usize,
+    frozen: bool,
+) {
+    let seen: Vec<Vec<u8>> = link
+        .transport_mut()
+        .log
+        .iter()
+        .map(|(command, _)| command.clone())
+        .collect();
     let before = link.transport_mut().inner.applet().records().clone();
     let mut rng = Rng(seed);
     for round in 0..rounds {
@@ -97,11 +107,21 @@ fn hammer(link: &mut CardLink<LoggingTransport<InProcessTransport<MemoryKeyMemor
         assert!(response.len() >= 2, "round {round}: {apdu:02X?}");
         if rng.below(50) == 0 {
             // Re-select now and then so later commands reach the deeper handlers.
-            link.transport_mut().inner.transmit(&[0, 0xA4, 4, 0, 9, AID[0], AID[1], AID[2], AID[3], AID[4], AID[5], AID[6], AID[7], AID[8]]).unwrap();
+            link.transport_mut()
+                .inner
+                .transmit(&[
+                    0, 0xA4, 4, 0, 9, AID[0], AID[1], AID[2], AID[3], AID[4], AID[5], AID[6],
+                    AID[7], AID[8],
+                ])
+                .unwrap();
         }
     }
     if frozen {
-        assert_eq!(link.transport_mut().inner.applet().records(), &before, "random input changed committed state");
+        assert_eq!(
+            link.transport_mut().inner.applet().records(),
+            &before,
+            "random input changed committed state"
+        );
     }
 }
 

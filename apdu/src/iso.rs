@@ -114,7 +114,10 @@ pub struct Response {
 impl Response {
     /// A bare status word with no data.
     pub fn status(sw: u16) -> Self {
-        Self { data: Vec::new(), sw }
+        Self {
+            data: Vec::new(),
+            sw,
+        }
     }
 
     /// Data with `9000`.

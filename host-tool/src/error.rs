@@ -81,15 +81,6 @@ pub enum HostError {
         by_central: String,
     },
     /// The unit's certificates cannot be nested as modules require.
-    #[error(
-        "the unit's certificate from the central system ({by_central}) must lie within the central-delivery window ({window}: its certificate from the manufacturer intersected with the central root); have the manufacturer certify the unit first and the central system for no longer"
-    )]
-    ValidityNotNested {
-        /// Validity of the certificate from the central system.
-        by_central: String,
-        /// The largest validity the central-delivery certificate may have.
-        window: String,
-    },
     /// Issuing a certificate failed.
     #[error("cannot issue the {what}")]
     Issue {

@@ -534,6 +534,7 @@ fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
             let mut link = module::open(&module, false)?;
             let apdus = reset_module(&mut link, &unit)
                 .with_context(|| format!("resetting the module in {}", module.display()))?;
+            drop(link);
             let status = module_status(&module)?;
             out!(
                 "module {} is now {}: module key, module certificate, unit certificate and central anchor erased ({apdus} APDUs)",

@@ -6,14 +6,17 @@ use std::path::Path;
 
 use imprint_apdu::applet::Applet;
 use imprint_apdu::host::manufacture::{ManufactureReport, manufacture};
-use imprint_apdu::host::personalize::{IssuanceJournal, IssuedCertificate, JournalError, ModuleCertificateIssuer};
-use imprint_apdu::host::{
-    CardLink, InProcessTransport, ManufacturerCredentials, PersonalizationOptions, PersonalizationReport,
-    PersonalizeError, Transport, TransportError, UnitCredentials, personalize,
+use imprint_apdu::host::personalize::{
+    IssuanceJournal, IssuedCertificate, JournalError, ModuleCertificateIssuer,
 };
+use imprint_apdu::host::{
+    CardLink, InProcessTransport, ManufacturerCredentials, PersonalizationOptions,
+    PersonalizationReport, PersonalizeError, Transport, TransportError, UnitCredentials,
+    personalize,
+};
+use imprint_apdu::keymem::KeyMemory;
 use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::keymem::memory::MemoryKeyMemory;
-use imprint_apdu::keymem::KeyMemory;
 use imprint_apdu::pki::issue::{self, CertificateRequest, IssuerKey, Validity};
 use imprint_apdu::pki::{Certificate, Role};
 use p384::ecdsa::SigningKey;
@@ -79,18 +82,29 @@ impl Pki {
             ..PersonalizationOptions::default()
         };
         let mut journal = RecordingJournal::default();
-        let err = personalize(&mut link, &mut journal, unit, options).expect_err("personalization must fail");
+        let err = personalize(&mut link, &mut journal, unit, options)
+            .expect_err("personalization must fail");
         let applet = link.transport_mut().applet();
-        assert_eq!(applet.records().module_cert, None, "nothing operational committed");
+        assert_eq!(
+            applet.records().module_cert,
+            None,
+            "nothing operational committed"
+        );
         if let Some((_, state)) = journal.entries.last() {
-            assert!(matches!(state, EntryState::Failed(_)), "journal marks the failure: {state:?}");
+            assert!(
+                matches!(state, EntryState::Failed(_)),
+                "journal marks the failure: {state:?}"
+            );
         }
         (err, applet.lifecycle())
     }
 }
 
 /// Manufactures the module on `link` with `manufacturer`.
-pub fn manufacture_with<T: Transport>(link: &mut CardLink<T>, manufacturer: &ManufacturerCredentials) -> ManufactureReport {
+pub fn manufacture_with<T: Transport>(
+    link: &mut CardLink<T>,
+    manufacturer: &ManufacturerCredentials,
+) -> ManufactureReport {
     manufacture(link, manufacturer, 25).expect("manufacture")
 }
 
@@ -103,16 +117,26 @@ impl Default for Pki {
 /// A manufacturer root.
 pub fn new_manufacturer(name: &str) -> ManufacturerCredentials {
     let key = random_key();
-    let root = issue::self_signed_root(Role::Manufacturer, name, &key, Validity::years_from_now(30).unwrap())
-        .expect("manufacturer root");
+    let root = issue::self_signed_root(
+        Role::Manufacturer,
+        name,
+        &key,
+        Validity::years_from_now(30).unwrap(),
+    )
+    .expect("manufacturer root");
     ManufacturerCredentials { key, root }
 }
 
 /// A central root.
 pub fn new_central(name: &str) -> (SigningKey, Certificate) {
     let key = random_key();
-    let root =
-        issue::self_signed_root(Role::Central, name, &key, Validity::years_from_now(20).unwrap()).expect("central root");
+    let root = issue::self_signed_root(
+        Role::Central,
+        name,
+        &key,
+        Validity::years_from_now(20).unwrap(),
+    )
+    .expect("central root");
     (key, root)
 }
 
@@ -172,7 +196,9 @@ pub fn ram_module() -> CardLink<InProcessTransport<MemoryKeyMemory>> {
 /// A module on a file key memory in `dir`, as an in-process card.
 pub fn file_module(dir: &Path) -> CardLink<InProcessTransport<FileKeyMemory>> {
     let memory = FileKeyMemory::open(dir).expect("module dir");
-    CardLink::new(InProcessTransport::new(Applet::new(memory).expect("applet")))
+    CardLink::new(InProcessTransport::new(
+        Applet::new(memory).expect("applet"),
+    ))
 }
 
 /// Manufactures the module on `link`.
@@ -236,7 +262,10 @@ pub struct LoggingTransport<T> {
 impl<T: Transport> LoggingTransport<T> {
     /// Wraps `inner`.
     pub fn new(inner: T) -> Self {
-        Self { inner, log: Vec::new() }
+        Self {
+            inner,
+            log: Vec::new(),
+        }
     }
 }
 

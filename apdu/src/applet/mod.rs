@@ -21,8 +21,8 @@ use p384::PublicKey;
 use zeroize::Zeroize;
 
 use crate::channel::{
-    self, ChannelKind, HandshakeValues, Role, SecureMessaging, SessionKeys, derive_scalar, encode_point, parse_point,
-    sha384,
+    self, ChannelKind, HandshakeValues, Role, SecureMessaging, SessionKeys, derive_scalar,
+    encode_point, parse_point, sha384,
 };
 use crate::iso::{CLA_CHAIN, CLA_SM, Command, Response, sw};
 use crate::keymem::{KeyMemory, KeyMemoryError, KeySlot, Records};
@@ -85,8 +85,9 @@ impl From<KeyMemoryError> for Sw {
     }
 }
 
-/// Parsing failures are the sender's malformed data; verification failures
-/// are a refusal to trust it.
+/// Encoding and structure errors (DER, profile shape, extensions) are the
+/// sender's malformed data, `6A80`; everything about trust (signatures, roles,
+/// issuers, validity, nonce, serial, keys) is a refusal, `6982`.
 impl From<pki::PkiError> for Sw {
     fn from(err: pki::PkiError) -> Self {
         use pki::PkiError::*;
@@ -184,7 +185,12 @@ impl<K: KeyMemory> Applet<K> {
         }
         self.pending.clear();
 
-        let header = [command.cla & !CLA_CHAIN, command.ins, command.p1, command.p2];
+        let header = [
+            command.cla & !CLA_CHAIN,
+            command.ins,
+            command.p1,
+            command.p2,
+        ];
         if command.is_chained() {
             return self.extend_chain(header, command.data);
         }
@@ -324,11 +330,19 @@ impl<K: KeyMemory> Applet<K> {
         }
         self.selected = true;
         let mut proprietary = Vec::new();
-        tlv::write(&mut proprietary, tag::FCI_VERSION, &[proto::COMMAND_SET_VERSION]);
+        tlv::write(
+            &mut proprietary,
+            tag::FCI_VERSION,
+            &[proto::COMMAND_SET_VERSION],
+        );
         if let Some(serial) = &self.serial {
             tlv::write(&mut proprietary, tag::FCI_SERIAL, serial);
         }
-        tlv::write(&mut proprietary, tag::FCI_LIFECYCLE, &[self.records.lifecycle.code()]);
+        tlv::write(
+            &mut proprietary,
+            tag::FCI_LIFECYCLE,
+            &[self.records.lifecycle.code()],
+        );
         let mut fci = Vec::new();
         tlv::write(&mut fci, tag::FCI_AID, &proto::AID);
         tlv::write(&mut fci, tag::FCI_PROPRIETARY, &proprietary);
@@ -388,7 +402,10 @@ impl<K: KeyMemory> Applet<K> {
                 sw::CONDITIONS
             }));
         }
-        let identity_key = self.memory.public_key(KeySlot::Identity)?.ok_or(Sw(sw::CONDITIONS))?;
+        let identity_key = self
+            .memory
+            .public_key(KeySlot::Identity)?
+            .ok_or(Sw(sw::CONDITIONS))?;
         let [root, identity] = tlv::decode_fields(data, [tag::CHECKING_CERT, tag::IDENTITY_CERT])?;
         let root = Certificate::from_der(tlv::required(root, tag::CHECKING_CERT)?)?;
         let identity = Certificate::from_der(tlv::required(identity, tag::IDENTITY_CERT)?)?;
@@ -442,18 +459,24 @@ impl<K: KeyMemory> Applet<K> {
         ) {
             return Err(Sw(sw::CONDITIONS));
         }
-        let (Some(root_der), Some(identity_der)) = (&self.records.checking_cert, &self.records.identity_cert)
+        let (Some(root_der), Some(identity_der)) =
+            (&self.records.checking_cert, &self.records.identity_cert)
         else {
             return Err(Sw(sw::CONDITIONS));
         };
         let template = tlv::decode_single(data, tag::DYN_AUTH)?;
         let [cert, ephemeral, challenge] = tlv::decode_fields(
             template,
-            [tag::AUTH_CERTIFICATE, tag::AUTH_EPHEMERAL, tag::AUTH_CHALLENGE],
+            [
+                tag::AUTH_CERTIFICATE,
+                tag::AUTH_EPHEMERAL,
+                tag::AUTH_CHALLENGE,
+            ],
         )?;
         let unit_cert_der = tlv::required(cert, tag::AUTH_CERTIFICATE)?;
         let unit_ephemeral = tlv::required(ephemeral, tag::AUTH_EPHEMERAL)?;
-        let unit_challenge: [u8; len::CHALLENGE] = tlv::required_array(challenge, tag::AUTH_CHALLENGE)?;
+        let unit_challenge: [u8; len::CHALLENGE] =
+            tlv::required_array(challenge, tag::AUTH_CHALLENGE)?;
         let peer = parse_point(unit_ephemeral).map_err(|_| Sw(sw::WRONG_DATA))?;
 
         // Claim 7: the unit's certificate is checked with the manufacturer's
@@ -466,7 +489,8 @@ impl<K: KeyMemory> Applet<K> {
 
         let mut randomness = zeroize::Zeroizing::new([0u8; 48]);
         self.memory.random(&mut randomness[..])?;
-        let ephemeral_secret = derive_scalar(&randomness, &[], b"ephemeral").ok_or(Sw(sw::UNKNOWN))?;
+        let ephemeral_secret =
+            derive_scalar(&randomness, &[], b"ephemeral").ok_or(Sw(sw::UNKNOWN))?;
         let ephemeral_point = encode_point(&PublicKey::from_secret_scalar(&ephemeral_secret));
         let mut module_challenge = [0u8; len::CHALLENGE];
         self.memory.random(&mut module_challenge)?;
@@ -484,10 +508,13 @@ impl<K: KeyMemory> Applet<K> {
         }
         .transcript_hash(ChannelKind::Personalization);
         let keys = SessionKeys::derive(&ephemeral_secret, &peer, &th);
-        let signature = self
-            .memory
-            .sign_digest(KeySlot::Identity, &channel::signed_digest(Role::Module, &th))?;
-        let confirmation = keys.confirmation(Role::Module, &th).map_err(|_| Sw(sw::UNKNOWN))?;
+        let signature = self.memory.sign_digest(
+            KeySlot::Identity,
+            &channel::signed_digest(Role::Module, &th),
+        )?;
+        let confirmation = keys
+            .confirmation(Role::Module, &th)
+            .map_err(|_| Sw(sw::UNKNOWN))?;
 
         let mut template = Vec::with_capacity(1024);
         tlv::write(&mut template, tag::AUTH_CERTIFICATE, identity_der);
@@ -537,7 +564,11 @@ impl<K: KeyMemory> Applet<K> {
     /// GENERATE ASYMMETRIC KEY PAIR for the module key (claims 1, 2, 10).
     fn generate_module_key(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
         if p1 != proto::P1_GENERATE || p2 != proto::KEY_REF_MODULE {
-            return Err(Sw(if p2 == proto::KEY_REF_IDENTITY { sw::CONDITIONS } else { sw::WRONG_P1P2 }));
+            return Err(Sw(if p2 == proto::KEY_REF_IDENTITY {
+                sw::CONDITIONS
+            } else {
+                sw::WRONG_P1P2
+            }));
         }
         if self.records.lifecycle != Lifecycle::Personalization {
             return Err(Sw(sw::CONDITIONS));
@@ -696,7 +727,10 @@ fn expect_role(cert: &Certificate, role: pki::Role) -> Result<(), Sw> {
 
 /// `7F49 { 86 <point> }`.
 pub fn public_key_template(key: &PublicKey) -> Vec<u8> {
-    tlv::encode(tag::PUBLIC_KEY, &tlv::encode(tag::EC_POINT, &encode_point(key)))
+    tlv::encode(
+        tag::PUBLIC_KEY,
+        &tlv::encode(tag::EC_POINT, &encode_point(key)),
+    )
 }
 
 #[cfg(test)]

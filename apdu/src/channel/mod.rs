@@ -16,9 +16,9 @@
 //!
 //! `docs/protocol.md` specifies every byte; `tests.rs` checks its test vector.
 
-use alloc::vec::Vec;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use alloc::vec::Vec;
 use hmac::{Hmac, Mac};
 use p384::ecdsa::signature::hazmat::PrehashVerifier;
 use p384::ecdsa::{Signature, VerifyingKey};
@@ -118,7 +118,11 @@ pub fn encode_point(key: &PublicKey) -> Vec<u8> {
 /// generation inside key memories (claim 10: the variation enters through the
 /// KDF together with the card's randomness, so the host can neither choose nor
 /// cancel the key).
-pub fn derive_scalar(randomness: &[u8; 48], variation: &[u8], label: &[u8]) -> Option<NonZeroScalar> {
+pub fn derive_scalar(
+    randomness: &[u8; 48],
+    variation: &[u8],
+    label: &[u8],
+) -> Option<NonZeroScalar> {
     let kdf = hkdf::Hkdf::<Sha384>::new(Some(b"imprint v1 key generation"), randomness);
     for counter in 0u8..8 {
         let mut okm = [0u8; 48];
@@ -145,7 +149,9 @@ pub struct Transcript {
 impl Transcript {
     /// Starts a transcript for `kind` with the negotiated suite.
     pub fn new(kind: ChannelKind) -> Self {
-        let mut transcript = Self { hash: Sha384::new() };
+        let mut transcript = Self {
+            hash: Sha384::new(),
+        };
         transcript.append(kind.label());
         transcript.append(&[SUITE_P384_AES256GCM]);
         transcript
@@ -226,18 +232,33 @@ impl SessionKeys {
         // so expand cannot fail.
         let _ = kdf.expand(b"imprint v1 sm command key", &mut keys.command_key);
         let _ = kdf.expand(b"imprint v1 sm response key", &mut keys.response_key);
-        let _ = kdf.expand(b"imprint v1 confirmation key unit", &mut keys.unit_confirmation_key);
-        let _ = kdf.expand(b"imprint v1 confirmation key module", &mut keys.module_confirmation_key);
+        let _ = kdf.expand(
+            b"imprint v1 confirmation key unit",
+            &mut keys.unit_confirmation_key,
+        );
+        let _ = kdf.expand(
+            b"imprint v1 confirmation key module",
+            &mut keys.module_confirmation_key,
+        );
         keys
     }
 
     /// The key-confirmation code `role` sends: HMAC-SHA384(k_role, label ‖ TH).
     pub fn confirmation(&self, role: Role, th: &Digest48) -> Result<[u8; 48], ChannelError> {
-        Ok(self.confirmation_mac(role, th)?.finalize().into_bytes().into())
+        Ok(self
+            .confirmation_mac(role, th)?
+            .finalize()
+            .into_bytes()
+            .into())
     }
 
     /// Verifies a key-confirmation code in constant time.
-    pub fn verify_confirmation(&self, role: Role, th: &Digest48, code: &[u8]) -> Result<(), ChannelError> {
+    pub fn verify_confirmation(
+        &self,
+        role: Role,
+        th: &Digest48,
+        code: &[u8],
+    ) -> Result<(), ChannelError> {
         self.confirmation_mac(role, th)?
             .verify_slice(code)
             .map_err(|_| ChannelError::BadConfirmation)
@@ -285,7 +306,11 @@ pub fn possession_digest(th: &Digest48, point: &[u8], variation: &[u8]) -> Diges
 }
 
 /// Verifies a raw `r ‖ s` signature over a prehashed digest.
-pub fn verify_raw_signature(key: &VerifyingKey, digest: &Digest48, raw: &[u8]) -> Result<(), ChannelError> {
+pub fn verify_raw_signature(
+    key: &VerifyingKey,
+    digest: &Digest48,
+    raw: &[u8],
+) -> Result<(), ChannelError> {
     let signature = Signature::from_slice(raw).map_err(|_| ChannelError::BadSignature)?;
     key.verify_prehash(digest, &signature)
         .map_err(|_| ChannelError::BadSignature)
@@ -324,7 +349,10 @@ impl SecureMessaging {
     }
 
     fn advance(&mut self) -> Result<(), ChannelError> {
-        self.counter = self.counter.checked_add(1).ok_or(ChannelError::CounterExhausted)?;
+        self.counter = self
+            .counter
+            .checked_add(1)
+            .ok_or(ChannelError::CounterExhausted)?;
         Ok(())
     }
 
@@ -340,7 +368,13 @@ impl SecureMessaging {
         let aad = self.aad(b'C', header);
         let sealed = self
             .command
-            .encrypt(&self.nonce(), Payload { msg: data, aad: &aad })
+            .encrypt(
+                &self.nonce(),
+                Payload {
+                    msg: data,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| ChannelError::SecureMessaging)?;
         Ok(frame(&sealed))
     }
@@ -351,33 +385,61 @@ impl SecureMessaging {
         let sealed = unframe(field)?;
         let aad = self.aad(b'C', header);
         self.command
-            .decrypt(&self.nonce(), Payload { msg: &sealed, aad: &aad })
+            .decrypt(
+                &self.nonce(),
+                Payload {
+                    msg: &sealed,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| ChannelError::SecureMessaging)
     }
 
     /// Module side: protects a response to the command just opened.
-    pub fn seal_response(&mut self, header: [u8; 4], data: &[u8], sw: u16) -> Result<Vec<u8>, ChannelError> {
+    pub fn seal_response(
+        &mut self,
+        header: [u8; 4],
+        data: &[u8],
+        sw: u16,
+    ) -> Result<Vec<u8>, ChannelError> {
         let mut plain = Vec::with_capacity(data.len() + 2);
         plain.extend_from_slice(data);
         plain.extend_from_slice(&sw.to_be_bytes());
         let aad = self.aad(b'R', header);
-        let sealed = self
-            .response
-            .encrypt(&self.nonce(), Payload { msg: &plain, aad: &aad });
+        let sealed = self.response.encrypt(
+            &self.nonce(),
+            Payload {
+                msg: &plain,
+                aad: &aad,
+            },
+        );
         plain.zeroize();
         Ok(frame(&sealed.map_err(|_| ChannelError::SecureMessaging)?))
     }
 
     /// Unit side: checks and decrypts the response to the command just sealed.
     /// Returns the inner data and status word.
-    pub fn open_response(&mut self, header: [u8; 4], field: &[u8]) -> Result<(Vec<u8>, u16), ChannelError> {
+    pub fn open_response(
+        &mut self,
+        header: [u8; 4],
+        field: &[u8],
+    ) -> Result<(Vec<u8>, u16), ChannelError> {
         let sealed = unframe(field)?;
         let aad = self.aad(b'R', header);
         let mut plain = self
             .response
-            .decrypt(&self.nonce(), Payload { msg: &sealed, aad: &aad })
+            .decrypt(
+                &self.nonce(),
+                Payload {
+                    msg: &sealed,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| ChannelError::SecureMessaging)?;
-        let split = plain.len().checked_sub(2).ok_or(ChannelError::SecureMessaging)?;
+        let split = plain
+            .len()
+            .checked_sub(2)
+            .ok_or(ChannelError::SecureMessaging)?;
         let sw = u16::from_be_bytes([plain[split], plain[split + 1]]);
         plain.truncate(split);
         Ok((plain, sw))
@@ -394,8 +456,8 @@ fn frame(sealed: &[u8]) -> Vec<u8> {
 }
 
 fn unframe(field: &[u8]) -> Result<Vec<u8>, ChannelError> {
-    let [ciphertext, gcm_tag] =
-        tlv::decode_fields(field, [tag::SM_CRYPTOGRAM, tag::SM_MAC]).map_err(|_| ChannelError::SecureMessaging)?;
+    let [ciphertext, gcm_tag] = tlv::decode_fields(field, [tag::SM_CRYPTOGRAM, tag::SM_MAC])
+        .map_err(|_| ChannelError::SecureMessaging)?;
     let ciphertext = ciphertext.ok_or(ChannelError::SecureMessaging)?;
     let gcm_tag = gcm_tag.ok_or(ChannelError::SecureMessaging)?;
     if gcm_tag.len() != TAG_LEN {

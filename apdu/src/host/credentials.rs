@@ -33,7 +33,8 @@ pub enum CredentialsError {
 impl UnitCredentials {
     /// Checks roles and keys, so a misconfigured station fails before touching a card.
     pub fn check(&self) -> Result<(), CredentialsError> {
-        let own_point = crate::channel::encode_point(&p384::PublicKey::from(self.key.verifying_key()));
+        let own_point =
+            crate::channel::encode_point(&p384::PublicKey::from(self.key.verifying_key()));
         for (name, cert) in [
             ("unit-by-manufacturer", &self.cert_by_manufacturer),
             ("unit-by-central", &self.cert_by_central),

@@ -62,7 +62,10 @@ pub fn manufacture<T: Transport>(
     let before = link.apdu_count();
     let response = link.send([0x00, ins::SELECT, 0x04, 0x00], &proto::AID)?;
     if response.sw != sw::OK {
-        return Err(ManufactureError::Status { step: "SELECT", sw: response.sw });
+        return Err(ManufactureError::Status {
+            step: "SELECT",
+            sw: response.sw,
+        });
     }
     let info = SelectInfo::parse(&response.data).ok_or(ManufactureError::Malformed("SELECT"))?;
     if info.lifecycle != Lifecycle::Manufactured {
@@ -70,18 +73,29 @@ pub fn manufacture<T: Transport>(
     }
     let (step, response) = if info.serial.is_some() {
         let [p1, p2] = (tag::IDENTITY_PUBLIC_KEY as u16).to_be_bytes();
-        ("GET DATA (identity key)", link.send([0x00, ins::GET_DATA, p1, p2], &[])?)
+        (
+            "GET DATA (identity key)",
+            link.send([0x00, ins::GET_DATA, p1, p2], &[])?,
+        )
     } else {
         (
             "GENERATE ASYMMETRIC KEY PAIR (identity)",
             link.send(
-                [0x00, ins::GENERATE_KEY, proto::P1_GENERATE, proto::KEY_REF_IDENTITY],
+                [
+                    0x00,
+                    ins::GENERATE_KEY,
+                    proto::P1_GENERATE,
+                    proto::KEY_REF_IDENTITY,
+                ],
                 &[],
             )?,
         )
     };
     if response.sw != sw::OK {
-        return Err(ManufactureError::Status { step, sw: response.sw });
+        return Err(ManufactureError::Status {
+            step,
+            sw: response.sw,
+        });
     }
     let point = tlv::decode_single(&response.data, tag::PUBLIC_KEY)
         .and_then(|template| tlv::decode_single(template, tag::EC_POINT))
@@ -90,7 +104,9 @@ pub fn manufacture<T: Transport>(
 
     let now = unix_now();
     let validity = Validity {
-        not_before_unix: now.saturating_sub(60).max(manufacturer.root.not_before_unix()),
+        not_before_unix: now
+            .saturating_sub(60)
+            .max(manufacturer.root.not_before_unix()),
         not_after_unix: now
             .saturating_add(u64::from(validity_years) * 365 * 24 * 3600)
             .min(manufacturer.root.not_after_unix()),

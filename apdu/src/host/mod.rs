@@ -16,8 +16,8 @@ pub mod transport;
 
 pub use credentials::{ManufacturerCredentials, UnitCredentials};
 pub use personalize::{
-    Action, IssuanceJournal, IssuedCertificate, JournalError, Personalization, PersonalizationOptions,
-    PersonalizationReport, PersonalizeError, personalize, reset_module,
+    Action, IssuanceJournal, IssuedCertificate, JournalError, Personalization,
+    PersonalizationOptions, PersonalizationReport, PersonalizeError, personalize, reset_module,
 };
 pub use transport::{CardLink, InProcessTransport, Transport, TransportError};
 

@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 use super::credentials::{CredentialsError, UnitCredentials};
 use super::transport::{CardLink, Transport, TransportError};
 use crate::channel::{
-    self, ChannelKind, Digest48, HandshakeValues, Role, SecureMessaging, SessionKeys, derive_scalar, encode_point,
-    parse_point, sha384,
+    self, ChannelKind, Digest48, HandshakeValues, Role, SecureMessaging, SessionKeys,
+    derive_scalar, encode_point, parse_point, sha384,
 };
 use crate::iso::{CLA_SM, Response, sw};
 use crate::pki::issue::{self, IssueError, IssuerKey, Validity};
@@ -60,13 +60,21 @@ pub struct ModuleCertificateRequest {
 /// unit supplies its own.
 pub trait ModuleCertificateIssuer {
     /// Issues the certificate for `request` under the unit's key.
-    fn issue(&self, unit: &UnitCredentials, request: &ModuleCertificateRequest) -> Result<Certificate, IssueError>;
+    fn issue(
+        &self,
+        unit: &UnitCredentials,
+        request: &ModuleCertificateRequest,
+    ) -> Result<Certificate, IssueError>;
 }
 
 struct UnitKeyIssuer;
 
 impl ModuleCertificateIssuer for UnitKeyIssuer {
-    fn issue(&self, unit: &UnitCredentials, request: &ModuleCertificateRequest) -> Result<Certificate, IssueError> {
+    fn issue(
+        &self,
+        unit: &UnitCredentials,
+        request: &ModuleCertificateRequest,
+    ) -> Result<Certificate, IssueError> {
         issue::module_cert(
             IssuerKey {
                 cert: &unit.cert_by_central,
@@ -229,7 +237,7 @@ pub enum Action {
         data: Vec<u8>,
     },
     /// Record this certificate in the journal, then call [`Personalization::recorded`].
-    Record(IssuedCertificate),
+    Record(Box<IssuedCertificate>),
     /// Finished; the module is OPERATING.
     Done,
 }
@@ -284,10 +292,15 @@ impl<'u> Personalization<'u> {
     }
 
     /// Starts a personalization with `unit`'s credentials.
-    pub fn new(unit: &'u UnitCredentials, options: PersonalizationOptions) -> Result<Self, PersonalizeError> {
+    pub fn new(
+        unit: &'u UnitCredentials,
+        options: PersonalizationOptions,
+    ) -> Result<Self, PersonalizeError> {
         unit.check()?;
         if options.variation.is_empty() || options.variation.len() > len::VARIATION_MAX {
-            return Err(PersonalizeError::Malformed("the variation value (must be 1 to 64 bytes)"));
+            return Err(PersonalizeError::Malformed(
+                "the variation value (must be 1 to 64 bytes)",
+            ));
         }
         Ok(Self {
             unit,
@@ -327,12 +340,17 @@ impl<'u> Personalization<'u> {
             State::Open => {
                 let mut randomness = Zeroizing::new([0u8; 48]);
                 getrandom::fill(&mut randomness[..]).map_err(|_| PersonalizeError::Random)?;
-                let secret = derive_scalar(&randomness, &[], b"ephemeral").ok_or(PersonalizeError::Random)?;
+                let secret = derive_scalar(&randomness, &[], b"ephemeral")
+                    .ok_or(PersonalizeError::Random)?;
                 let point = encode_point(&PublicKey::from_secret_scalar(&secret));
                 let mut challenge = [0u8; len::CHALLENGE];
                 getrandom::fill(&mut challenge).map_err(|_| PersonalizeError::Random)?;
                 let mut template = Vec::with_capacity(1024);
-                tlv::write(&mut template, tag::AUTH_CERTIFICATE, self.unit.cert_by_manufacturer.der());
+                tlv::write(
+                    &mut template,
+                    tag::AUTH_CERTIFICATE,
+                    self.unit.cert_by_manufacturer.der(),
+                );
                 tlv::write(&mut template, tag::AUTH_EPHEMERAL, &point);
                 tlv::write(&mut template, tag::AUTH_CHALLENGE, &challenge);
                 self.handshake = Some(Handshake {
@@ -371,14 +389,19 @@ impl<'u> Personalization<'u> {
             State::Generate => {
                 let data = tlv::encode(tag::VARIATION, &self.options.variation);
                 self.secured(
-                    [CLA_SM, ins::GENERATE_KEY, proto::P1_GENERATE, proto::KEY_REF_MODULE],
+                    [
+                        CLA_SM,
+                        ins::GENERATE_KEY,
+                        proto::P1_GENERATE,
+                        proto::KEY_REF_MODULE,
+                    ],
                     &data,
                 )?
             }
             State::Issue => {
                 let issued = self.issue()?;
                 self.state = State::AwaitRecord;
-                Action::Record(issued)
+                Action::Record(Box::new(issued))
             }
             State::AwaitRecord => return Err(PersonalizeError::OutOfOrder),
             State::Install => {
@@ -386,7 +409,11 @@ impl<'u> Personalization<'u> {
                 let mut data = Vec::with_capacity(2048);
                 tlv::write(&mut data, tag::MODULE_CERT, issued.certificate.der());
                 tlv::write(&mut data, tag::UNIT_CERT, self.unit.cert_by_central.der());
-                tlv::write(&mut data, tag::CENTRAL_CERT, self.unit.central_delivery.der());
+                tlv::write(
+                    &mut data,
+                    tag::CENTRAL_CERT,
+                    self.unit.central_delivery.der(),
+                );
                 let [p1, p2] = proto::PUT_DATA_TLV.to_be_bytes();
                 self.secured([CLA_SM, ins::PUT_DATA, p1, p2], &data)?
             }
@@ -432,11 +459,12 @@ impl<'u> Personalization<'u> {
                     th,
                     nonce,
                 });
-                self.state = if self.reset_only || self.lifecycle_before == Some(Lifecycle::Operating) {
-                    State::Terminate
-                } else {
-                    State::Generate
-                };
+                self.state =
+                    if self.reset_only || self.lifecycle_before == Some(Lifecycle::Operating) {
+                        State::Terminate
+                    } else {
+                        State::Generate
+                    };
                 Ok(())
             }
             State::Terminate => {
@@ -444,7 +472,11 @@ impl<'u> Personalization<'u> {
                 if inner != sw::OK {
                     return Err(status("TERMINATE", inner));
                 }
-                self.state = if self.reset_only { State::Done } else { State::Generate };
+                self.state = if self.reset_only {
+                    State::Done
+                } else {
+                    State::Generate
+                };
                 Ok(())
             }
             State::Generate => self.on_generate(response),
@@ -455,7 +487,9 @@ impl<'u> Personalization<'u> {
                         self.state = State::Done;
                         Ok(())
                     }
-                    sw::SECURITY_STATUS => Err(PersonalizeError::CertificatesRejected(self.diagnose_bundle())),
+                    sw::SECURITY_STATUS => Err(PersonalizeError::CertificatesRejected(
+                        self.diagnose_bundle(),
+                    )),
                     other => Err(status("PUT DATA (certificates)", other)),
                 }
             }
@@ -467,7 +501,8 @@ impl<'u> Personalization<'u> {
         if response.sw != sw::OK {
             return Err(status("SELECT", response.sw));
         }
-        let info = SelectInfo::parse(&response.data).ok_or(PersonalizeError::Malformed("SELECT"))?;
+        let info =
+            SelectInfo::parse(&response.data).ok_or(PersonalizeError::Malformed("SELECT"))?;
         self.lifecycle_before = Some(info.lifecycle);
         if info.lifecycle == Lifecycle::Manufactured {
             return Err(PersonalizeError::NotManufactured);
@@ -504,18 +539,22 @@ impl<'u> Personalization<'u> {
         let module_ephemeral = tlv::required(ephemeral, tag::AUTH_EPHEMERAL).map_err(malformed)?;
         let module_challenge: [u8; len::CHALLENGE] =
             tlv::required_array(challenge, tag::AUTH_CHALLENGE).map_err(malformed)?;
-        let nonce: [u8; pki::NONCE_LEN] = tlv::required_array(nonce, tag::AUTH_NONCE).map_err(malformed)?;
+        let nonce: [u8; pki::NONCE_LEN] =
+            tlv::required_array(nonce, tag::AUTH_NONCE).map_err(malformed)?;
         let signature = tlv::required(signature, tag::AUTH_SIGNATURE).map_err(malformed)?;
-        let confirmation = tlv::required(confirmation, tag::AUTH_CONFIRMATION).map_err(malformed)?;
+        let confirmation =
+            tlv::required(confirmation, tag::AUTH_CONFIRMATION).map_err(malformed)?;
 
         // Claim 8: the module proves its identity key, certified by the manufacturer.
         let not_authentic = PersonalizeError::ModuleNotAuthentic;
         let identity = Certificate::from_der(identity_der)
             .map_err(|err| not_authentic(ModuleCheck::IdentityCertificate(err)))?;
         if identity.role() != pki::Role::ModuleIdentity {
-            return Err(not_authentic(ModuleCheck::IdentityCertificate(PkiError::WrongRole {
-                expected: pki::Role::ModuleIdentity,
-            })));
+            return Err(not_authentic(ModuleCheck::IdentityCertificate(
+                PkiError::WrongRole {
+                    expected: pki::Role::ModuleIdentity,
+                },
+            )));
         }
         pki::verify_issued_by(&identity, &self.unit.manufacturer_root, 0)
             .map_err(|err| not_authentic(ModuleCheck::IdentityCertificate(err)))?;
@@ -554,7 +593,8 @@ impl<'u> Personalization<'u> {
             return Err(status(STEP, inner));
         }
         let malformed = |_| PersonalizeError::Malformed(STEP);
-        let [key, proof] = tlv::decode_fields(&data, [tag::PUBLIC_KEY, tag::SIGNATURE]).map_err(malformed)?;
+        let [key, proof] =
+            tlv::decode_fields(&data, [tag::PUBLIC_KEY, tag::SIGNATURE]).map_err(malformed)?;
         let key = tlv::required(key, tag::PUBLIC_KEY).map_err(malformed)?;
         let point = tlv::decode_single(key, tag::EC_POINT).map_err(malformed)?;
         let public = parse_point(point).map_err(|_| PersonalizeError::Malformed(STEP))?;
@@ -571,7 +611,10 @@ impl<'u> Personalization<'u> {
     fn issue(&mut self) -> Result<IssuedCertificate, PersonalizeError> {
         let channel = self.channel.as_ref().ok_or(PersonalizeError::OutOfOrder)?;
         let serial = self.serial.clone().ok_or(PersonalizeError::OutOfOrder)?;
-        let public_key = self.module_point.clone().ok_or(PersonalizeError::OutOfOrder)?;
+        let public_key = self
+            .module_point
+            .clone()
+            .ok_or(PersonalizeError::OutOfOrder)?;
         let request = ModuleCertificateRequest {
             serial: serial.clone(),
             public_key,
@@ -597,10 +640,17 @@ impl<'u> Personalization<'u> {
             .sm
             .seal_command(header, data)
             .map_err(|_| PersonalizeError::ChannelClosed("sealing a command"))?;
-        Ok(Action::Send { header, data: sealed })
+        Ok(Action::Send {
+            header,
+            data: sealed,
+        })
     }
 
-    fn open_secured(&mut self, response: &Response, step: &'static str) -> Result<(Vec<u8>, u16), PersonalizeError> {
+    fn open_secured(
+        &mut self,
+        response: &Response,
+        step: &'static str,
+    ) -> Result<(Vec<u8>, u16), PersonalizeError> {
         if response.sw != sw::OK {
             self.channel = None;
             return Err(match response.sw {
@@ -634,7 +684,9 @@ impl<'u> Personalization<'u> {
 
     fn diagnose_bundle(&self) -> BundleRejection {
         let unit = self.unit;
-        if let Err(err) = pki::verify_issued_by(&unit.central_delivery, &unit.cert_by_manufacturer, 0) {
+        if let Err(err) =
+            pki::verify_issued_by(&unit.central_delivery, &unit.cert_by_manufacturer, 0)
+        {
             return BundleRejection::CentralCertificate(err);
         }
         if unit.cert_by_central.public_key_sec1() != unit.cert_by_manufacturer.public_key_sec1()
@@ -714,12 +766,16 @@ impl SelectInfo {
     /// Parses the FCI returned by SELECT.
     pub fn parse(fci: &[u8]) -> Option<Self> {
         let fci = tlv::decode_single(fci, tag::FCI).ok()?;
-        let [aid, proprietary] = tlv::decode_fields(fci, [tag::FCI_AID, tag::FCI_PROPRIETARY]).ok()?;
+        let [aid, proprietary] =
+            tlv::decode_fields(fci, [tag::FCI_AID, tag::FCI_PROPRIETARY]).ok()?;
         if aid? != proto::AID {
             return None;
         }
-        let [version, serial, lifecycle] =
-            tlv::decode_fields(proprietary?, [tag::FCI_VERSION, tag::FCI_SERIAL, tag::FCI_LIFECYCLE]).ok()?;
+        let [version, serial, lifecycle] = tlv::decode_fields(
+            proprietary?,
+            [tag::FCI_VERSION, tag::FCI_SERIAL, tag::FCI_LIFECYCLE],
+        )
+        .ok()?;
         let [version] = tlv::required_array::<1>(version, tag::FCI_VERSION).ok()?;
         let serial = match serial {
             Some(bytes) => Some(bytes.try_into().ok()?),
@@ -804,7 +860,10 @@ fn drive<T: Transport>(
 
 /// Re-enters PERSONALIZATION on a module through the unit's channel (claim 2).
 /// Returns the APDU count.
-pub fn reset_module<T: Transport>(link: &mut CardLink<T>, unit: &UnitCredentials) -> Result<u32, PersonalizeError> {
+pub fn reset_module<T: Transport>(
+    link: &mut CardLink<T>,
+    unit: &UnitCredentials,
+) -> Result<u32, PersonalizeError> {
     let before = link.apdu_count();
     let mut flow = Personalization::reset(unit)?;
     loop {
@@ -828,7 +887,10 @@ pub struct OpenChannel {
 
 impl OpenChannel {
     /// SELECT and the handshake with `unit`'s credentials.
-    pub fn open<T: Transport>(link: &mut CardLink<T>, unit: &UnitCredentials) -> Result<Self, PersonalizeError> {
+    pub fn open<T: Transport>(
+        link: &mut CardLink<T>,
+        unit: &UnitCredentials,
+    ) -> Result<Self, PersonalizeError> {
         let mut flow = Personalization::reset(unit)?;
         loop {
             if matches!(flow.state, State::Terminate | State::Generate) {
@@ -870,7 +932,11 @@ impl OpenChannel {
     }
 
     /// Opens the response to the command last sealed.
-    pub fn open_response(&mut self, header: [u8; 4], response: &Response) -> Result<(Vec<u8>, u16), PersonalizeError> {
+    pub fn open_response(
+        &mut self,
+        header: [u8; 4],
+        response: &Response,
+    ) -> Result<(Vec<u8>, u16), PersonalizeError> {
         if response.sw != sw::OK {
             return Err(status("a secured command", response.sw));
         }

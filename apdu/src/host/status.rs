@@ -46,7 +46,10 @@ pub struct ModuleStatus {
 pub fn read_status<T: Transport>(link: &mut CardLink<T>) -> Result<ModuleStatus, StatusError> {
     let response = link.send([0x00, ins::SELECT, 0x04, 0x00], &proto::AID)?;
     if response.sw != sw::OK {
-        return Err(StatusError::Status { step: "SELECT", sw: response.sw });
+        return Err(StatusError::Status {
+            step: "SELECT",
+            sw: response.sw,
+        });
     }
     let info = SelectInfo::parse(&response.data).ok_or(StatusError::Malformed("FCI"))?;
     let mut read = |object: u32, name: &'static str| -> Result<Option<Certificate>, StatusError> {
@@ -57,7 +60,10 @@ pub fn read_status<T: Transport>(link: &mut CardLink<T>) -> Result<ModuleStatus,
                 .map(Some)
                 .map_err(|_| StatusError::Malformed(name)),
             sw::DATA_NOT_FOUND => Ok(None),
-            other => Err(StatusError::Status { step: "GET DATA", sw: other }),
+            other => Err(StatusError::Status {
+                step: "GET DATA",
+                sw: other,
+            }),
         }
     };
     Ok(ModuleStatus {

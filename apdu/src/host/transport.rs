@@ -177,7 +177,10 @@ impl<T: Transport> CardLink<T> {
             response = self.transmit(&[0x00, ins::GET_RESPONSE, 0x00, 0x00, le])?;
             data.extend_from_slice(&response.data);
         }
-        Ok(Response { data, sw: response.sw })
+        Ok(Response {
+            data,
+            sw: response.sw,
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 //!  DIR/records.tlv   lifecycle, certificates, watermark      (0600)
 //!  DIR/identity.key  identity private scalar, 48 bytes       (0600)
 //!  DIR/module.key    module private scalar, 48 bytes         (0600)
+//!  DIR/lock          held (flock) while a process uses the module
 //! ```
 //!
 //! Every file is replaced by writing a temporary file, syncing it, renaming it
@@ -28,13 +29,21 @@ const RECORDS_FILE: &str = "records.tlv";
 const SCALAR_LEN: usize = 48;
 
 /// A file-backed key memory rooted at one directory.
-#[derive(Debug, Clone)]
+///
+/// One process at a time: [`FileKeyMemory::open`] takes an exclusive lock on
+/// the directory, released when the value is dropped.
+#[derive(Debug)]
 pub struct FileKeyMemory {
     dir: PathBuf,
+    _lock: File,
 }
 
 impl FileKeyMemory {
     /// Opens (creating if needed, mode 0700) the module directory `dir`.
+    ///
+    /// Fails with [`ErrorKind::WouldBlock`] while another process (or another
+    /// value in this one) has the module open. Temporary files left by a
+    /// crash in the middle of a write are wiped and removed.
     pub fn open(dir: impl AsRef<Path>) -> std::io::Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.exists() {
@@ -43,7 +52,30 @@ impl FileKeyMemory {
                 .mode(0o700)
                 .create(&dir)?;
         }
-        Ok(Self { dir })
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join("lock"))?;
+        if let Err(err) = lock.try_lock() {
+            return Err(match err {
+                std::fs::TryLockError::WouldBlock => std::io::Error::new(
+                    ErrorKind::WouldBlock,
+                    "the module directory is in use by another process",
+                ),
+                std::fs::TryLockError::Error(err) => err,
+            });
+        }
+        let memory = Self { dir, _lock: lock };
+        for entry in fs::read_dir(&memory.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|ext| ext == "tmp") {
+                memory.wipe_and_remove(&path)?;
+            }
+        }
+        Ok(memory)
     }
 
     /// The module directory.
@@ -65,7 +97,8 @@ impl FileKeyMemory {
             Err(_) => return Err(KeyMemoryError::Io),
         };
         let mut bytes = Zeroizing::new(Vec::new());
-        file.read_to_end(&mut bytes).map_err(|_| KeyMemoryError::Io)?;
+        file.read_to_end(&mut bytes)
+            .map_err(|_| KeyMemoryError::Io)?;
         Ok(Some(bytes))
     }
 
@@ -88,16 +121,24 @@ impl FileKeyMemory {
     }
 
     fn remove_file(&self, path: &Path) -> Result<(), KeyMemoryError> {
-        // Overwrite before unlinking so the scalar does not linger in the file's
-        // old blocks on simple filesystems; then make the removal durable.
         if path.exists() {
-            self.replace_file(path, &[0u8; SCALAR_LEN])?;
-            fs::remove_file(path).map_err(|_| KeyMemoryError::Io)?;
-            File::open(&self.dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(|_| KeyMemoryError::Io)?;
+            self.wipe_and_remove(path).map_err(|_| KeyMemoryError::Io)?;
         }
         Ok(())
+    }
+
+    /// Overwrites a file's bytes in place with zeros, syncs, unlinks it and
+    /// makes the removal durable, so a scalar does not linger in its blocks on
+    /// simple filesystems (journaling and flash translation layers may still
+    /// keep copies: the file memory is for development, not tamper resistance).
+    fn wipe_and_remove(&self, path: &Path) -> std::io::Result<()> {
+        let mut file = OpenOptions::new().write(true).open(path)?;
+        let len = usize::try_from(file.metadata()?.len()).unwrap_or(0);
+        file.write_all(&vec![0u8; len])?;
+        file.sync_all()?;
+        drop(file);
+        fs::remove_file(path)?;
+        File::open(&self.dir)?.sync_all()
     }
 
     fn signing_key(&self, slot: KeySlot) -> Result<Option<SigningKey>, KeyMemoryError> {
@@ -130,7 +171,8 @@ impl KeyMemory for FileKeyMemory {
         self.remove_file(&path)?;
         let mut randomness = Zeroizing::new([0u8; 48]);
         self.random(&mut randomness[..])?;
-        let scalar = derive_scalar(&randomness, variation, b"key memory").ok_or(KeyMemoryError::Crypto)?;
+        let scalar =
+            derive_scalar(&randomness, variation, b"key memory").ok_or(KeyMemoryError::Crypto)?;
         let key = SigningKey::from(scalar);
         let bytes = Zeroizing::new(key.to_bytes());
         self.replace_file(&path, &bytes)?;
@@ -147,7 +189,11 @@ impl KeyMemory for FileKeyMemory {
             .map(|key| PublicKey::from(key.verifying_key())))
     }
 
-    fn sign_digest(&mut self, slot: KeySlot, digest: &[u8; 48]) -> Result<Signature, KeyMemoryError> {
+    fn sign_digest(
+        &mut self,
+        slot: KeySlot,
+        digest: &[u8; 48],
+    ) -> Result<Signature, KeyMemoryError> {
         let key = self.signing_key(slot)?.ok_or(KeyMemoryError::NoKey)?;
         key.sign_prehash_with_rng(&mut getrandom::SysRng, digest)
             .map_err(|_| KeyMemoryError::Crypto)

@@ -26,7 +26,9 @@ pub struct Drbg {
 impl Drbg {
     /// A generator whose whole output is determined by `seed`.
     pub fn new(seed: [u8; 48]) -> Self {
-        Self { key: Zeroizing::new(seed) }
+        Self {
+            key: Zeroizing::new(seed),
+        }
     }
 
     /// Fills `out` and advances the state.
@@ -107,7 +109,8 @@ impl KeyMemory for MemoryKeyMemory {
         *self.slot(slot) = None;
         let mut randomness = Zeroizing::new([0u8; 48]);
         self.drbg.fill(&mut randomness[..]);
-        let scalar = derive_scalar(&randomness, variation, b"key memory").ok_or(KeyMemoryError::Crypto)?;
+        let scalar =
+            derive_scalar(&randomness, variation, b"key memory").ok_or(KeyMemoryError::Crypto)?;
         let key = SigningKey::from(scalar);
         let public = PublicKey::from(key.verifying_key());
         *self.slot(slot) = Some(key);
@@ -120,10 +123,17 @@ impl KeyMemory for MemoryKeyMemory {
     }
 
     fn public_key(&mut self, slot: KeySlot) -> Result<Option<PublicKey>, KeyMemoryError> {
-        Ok(self.slot(slot).as_ref().map(|key| PublicKey::from(key.verifying_key())))
+        Ok(self
+            .slot(slot)
+            .as_ref()
+            .map(|key| PublicKey::from(key.verifying_key())))
     }
 
-    fn sign_digest(&mut self, slot: KeySlot, digest: &[u8; 48]) -> Result<Signature, KeyMemoryError> {
+    fn sign_digest(
+        &mut self,
+        slot: KeySlot,
+        digest: &[u8; 48],
+    ) -> Result<Signature, KeyMemoryError> {
         let key = match slot {
             KeySlot::Identity => self.identity.as_ref(),
             KeySlot::Module => self.module.as_ref(),

@@ -123,10 +123,22 @@ impl Records {
         use record_tag::*;
         let fields = tlv::decode_fields(
             bytes,
-            [VERSION, LIFECYCLE, CHECKING, IDENTITY, MODULE, UNIT, CENTRAL, WATERMARK, COUNT],
+            [
+                VERSION, LIFECYCLE, CHECKING, IDENTITY, MODULE, UNIT, CENTRAL, WATERMARK, COUNT,
+            ],
         )
         .map_err(|_| KeyMemoryError::Corrupt)?;
-        let [version, lifecycle, checking, identity, module, unit, central, watermark, count] = fields;
+        let [
+            version,
+            lifecycle,
+            checking,
+            identity,
+            module,
+            unit,
+            central,
+            watermark,
+            count,
+        ] = fields;
         let corrupt = |_| KeyMemoryError::Corrupt;
         if tlv::required_array::<1>(version, VERSION).map_err(corrupt)? != [RECORDS_VERSION] {
             return Err(KeyMemoryError::Corrupt);
@@ -139,8 +151,12 @@ impl Records {
             module_cert: module.map(<[u8]>::to_vec),
             unit_cert: unit.map(<[u8]>::to_vec),
             central_cert: central.map(<[u8]>::to_vec),
-            time_watermark: u64::from_be_bytes(tlv::required_array(watermark, WATERMARK).map_err(corrupt)?),
-            personalizations: u32::from_be_bytes(tlv::required_array(count, COUNT).map_err(corrupt)?),
+            time_watermark: u64::from_be_bytes(
+                tlv::required_array(watermark, WATERMARK).map_err(corrupt)?,
+            ),
+            personalizations: u32::from_be_bytes(
+                tlv::required_array(count, COUNT).map_err(corrupt)?,
+            ),
         })
     }
 }
@@ -172,7 +188,11 @@ pub trait KeyMemory {
 
     /// Signs a SHA-384 digest with the key in `slot` (ECDSA, RFC 6979 hedged
     /// with fresh randomness where the memory has it).
-    fn sign_digest(&mut self, slot: KeySlot, digest: &[u8; 48]) -> Result<Signature, KeyMemoryError>;
+    fn sign_digest(
+        &mut self,
+        slot: KeySlot,
+        digest: &[u8; 48],
+    ) -> Result<Signature, KeyMemoryError>;
 
     /// Fills `out` with random bytes from the memory's generator.
     fn random(&mut self, out: &mut [u8]) -> Result<(), KeyMemoryError>;

@@ -161,7 +161,7 @@ pub fn decode_fields<'a, const N: usize>(
 }
 
 /// Returns the value of a mandatory field decoded by [`decode_fields`].
-pub fn required<'a>(field: Option<&'a [u8]>, tag: u32) -> Result<&'a [u8], TlvError> {
+pub fn required(field: Option<&[u8]>, tag: u32) -> Result<&[u8], TlvError> {
     field.ok_or(TlvError::MissingTag(tag))
 }
 

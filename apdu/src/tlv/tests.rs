@@ -18,12 +18,27 @@ fn round_trips_every_length_form() {
 #[test]
 fn rejects_non_canonical_encodings() {
     assert_eq!(read_one(&[0x80, 0x80]), Err(TlvError::IndefiniteLength));
-    assert_eq!(read_one(&[0x80, 0x81, 0x05]), Err(TlvError::NonMinimalLength));
-    assert_eq!(read_one(&[0x80, 0x82, 0x00, 0x10]), Err(TlvError::NonMinimalLength));
-    assert_eq!(read_one(&[0x80, 0x83, 0, 0, 1]), Err(TlvError::LengthTooLarge));
+    assert_eq!(
+        read_one(&[0x80, 0x81, 0x05]),
+        Err(TlvError::NonMinimalLength)
+    );
+    assert_eq!(
+        read_one(&[0x80, 0x82, 0x00, 0x10]),
+        Err(TlvError::NonMinimalLength)
+    );
+    assert_eq!(
+        read_one(&[0x80, 0x83, 0, 0, 1]),
+        Err(TlvError::LengthTooLarge)
+    );
     assert_eq!(read_one(&[0x1F, 0x05, 0x00]), Err(TlvError::InvalidTag));
-    assert_eq!(read_one(&[0x1F, 0x80, 0x21, 0x00]), Err(TlvError::InvalidTag));
-    assert_eq!(read_one(&[0x5F, 0x81, 0x81, 0x01, 0x00]), Err(TlvError::InvalidTag));
+    assert_eq!(
+        read_one(&[0x1F, 0x80, 0x21, 0x00]),
+        Err(TlvError::InvalidTag)
+    );
+    assert_eq!(
+        read_one(&[0x5F, 0x81, 0x81, 0x01, 0x00]),
+        Err(TlvError::InvalidTag)
+    );
     assert_eq!(read_one(&[0x00, 0x00]), Err(TlvError::InvalidTag));
     assert_eq!(read_one(&[0x80, 0x03, 0x01]), Err(TlvError::Truncated));
     assert_eq!(read_one(&[0x7F]), Err(TlvError::Truncated));
@@ -37,11 +52,20 @@ fn decode_fields_rejects_unknown_and_repeated_tags() {
     let [a, b, c] = decode_fields(&data, [0x80, 0x81, 0x82]).unwrap();
     assert_eq!((a, b, c), (Some(&[1u8][..]), Some(&[2u8, 3][..]), None));
     assert_eq!(required(c, 0x82), Err(TlvError::MissingTag(0x82)));
-    assert_eq!(required_array::<3>(b, 0x81), Err(TlvError::WrongLength(0x81)));
+    assert_eq!(
+        required_array::<3>(b, 0x81),
+        Err(TlvError::WrongLength(0x81))
+    );
 
     data.extend(encode(0x80, &[4]));
-    assert_eq!(decode_fields(&data, [0x80, 0x81]), Err(TlvError::DuplicateTag(0x80)));
-    assert_eq!(decode_fields(&data, [0x81]), Err(TlvError::UnexpectedTag(0x80)));
+    assert_eq!(
+        decode_fields(&data, [0x80, 0x81]),
+        Err(TlvError::DuplicateTag(0x80))
+    );
+    assert_eq!(
+        decode_fields(&data, [0x81]),
+        Err(TlvError::UnexpectedTag(0x80))
+    );
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
         .filter(|b| !matches!(b, b':' | b' '))
         .map(|b| (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok()))
         .collect::<Option<_>>()?;
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     Some(

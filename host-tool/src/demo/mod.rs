@@ -203,6 +203,8 @@ pub fn run_demo(dir: &Path, modules: usize) -> Result<DemoReport, HostError> {
             manufacturer.credentials(),
             roles::DEFAULT_IDENTITY_YEARS,
         )?;
+        // One process opens a module at a time: release it first.
+        drop(link);
         // A fresh power-up for personalization, as at another station.
         let mut link = module::open(&module_dir, false)?;
         let report = personalize(
@@ -233,6 +235,7 @@ pub fn run_demo(dir: &Path, modules: usize) -> Result<DemoReport, HostError> {
         &unit,
         options("imprint demo module 1, re-personalized".to_owned()),
     )?;
+    drop(link);
     let after = module::status(&first_dir)?.module_cert;
     let mut first_failures = Vec::new();
     match (&before, &after) {

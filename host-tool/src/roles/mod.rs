@@ -269,16 +269,8 @@ impl Personalizer {
             .min(central_root.not_after_unix());
         let requested_end = unix_now().saturating_add(u64::from(validity_years) * 365 * 24 * 3600);
         let not_after = widest_end.min(requested_end);
-        if by_central.not_before_unix() < not_before || by_central.not_after_unix() > not_after {
-            return Err(HostError::ValidityNotNested {
-                by_central: display::validity(by_central),
-                window: format!(
-                    "{} .. {}",
-                    display::utc(not_before),
-                    display::utc(not_after)
-                ),
-            });
-        }
+        // No nesting of the central certificate inside the delivery window is
+        // needed: modules do not require it below a delivery certificate.
         let issue_err = |source| HostError::Issue {
             what: "central-delivery certificate",
             source,
