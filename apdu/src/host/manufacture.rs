@@ -21,14 +21,9 @@ pub enum ManufactureError {
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// The module answered with an error status.
-    #[error("module answered {sw:04X} ({meaning}) to {step}", meaning = super::status_meaning(*sw))]
-    Status {
-        /// The command.
-        step: &'static str,
-        /// Its status word.
-        sw: u16,
-    },
+    /// The module answered a command with an error status.
+    #[error(transparent)]
+    Status(#[from] super::Refused),
     /// The module is past manufacture.
     #[error("module is already manufactured (state {0}); its identity key is permanent")]
     AlreadyManufactured(Lifecycle),
@@ -62,10 +57,10 @@ pub fn manufacture<T: Transport>(
     let before = link.apdu_count();
     let response = link.send([0x00, ins::SELECT, 0x04, 0x00], &proto::AID)?;
     if response.sw != sw::OK {
-        return Err(ManufactureError::Status {
+        return Err(ManufactureError::Status(super::Refused {
             step: "SELECT",
             sw: response.sw,
-        });
+        }));
     }
     let info = SelectInfo::parse(&response.data).ok_or(ManufactureError::Malformed("SELECT"))?;
     if info.lifecycle != Lifecycle::Manufactured {
@@ -92,10 +87,10 @@ pub fn manufacture<T: Transport>(
         )
     };
     if response.sw != sw::OK {
-        return Err(ManufactureError::Status {
+        return Err(ManufactureError::Status(super::Refused {
             step,
             sw: response.sw,
-        });
+        }));
     }
     let point = tlv::decode_single(&response.data, tag::PUBLIC_KEY)
         .and_then(|template| tlv::decode_single(template, tag::EC_POINT))
@@ -125,10 +120,10 @@ pub fn manufacture<T: Transport>(
     let [p1, p2] = proto::PUT_DATA_TLV.to_be_bytes();
     let response = link.send([0x00, ins::PUT_DATA, p1, p2], &data)?;
     if response.sw != sw::OK {
-        return Err(ManufactureError::Status {
+        return Err(ManufactureError::Status(super::Refused {
             step: "PUT DATA (identity certificate)",
             sw: response.sw,
-        });
+        }));
     }
     let serial = pki::serial_hex(&pki::serial_from_public_key(point));
     Ok(ManufactureReport {

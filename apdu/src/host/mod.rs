@@ -21,6 +21,16 @@ pub use personalize::{
 };
 pub use transport::{CardLink, InProcessTransport, Transport, TransportError};
 
+/// A module refused a command: which command, and the status word it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("module answered {sw:04X} ({meaning}) to {step}", meaning = status_meaning(*sw))]
+pub struct Refused {
+    /// The command, as the docs name it.
+    pub step: &'static str,
+    /// SW1-SW2.
+    pub sw: u16,
+}
+
 /// What a status word means, for messages.
 pub fn status_meaning(sw: u16) -> &'static str {
     use crate::iso::sw::*;

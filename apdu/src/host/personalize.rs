@@ -184,13 +184,8 @@ pub enum PersonalizeError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// The module answered a command with an error status.
-    #[error("module answered {sw:04X} ({meaning}) to {step}", meaning = super::status_meaning(*sw))]
-    Status {
-        /// The command.
-        step: &'static str,
-        /// Its status word.
-        sw: u16,
-    },
+    #[error(transparent)]
+    Status(#[from] super::Refused),
     /// The module has no identity certificate yet.
     #[error("module is not manufactured yet (state MANUFACTURED): run the manufacturer first")]
     NotManufactured,
@@ -726,7 +721,7 @@ fn auth_header(step: u8) -> [u8; 4] {
 }
 
 fn status(step: &'static str, sw: u16) -> PersonalizeError {
-    PersonalizeError::Status { step, sw }
+    PersonalizeError::Status(super::Refused { step, sw })
 }
 
 /// Seconds since the Unix epoch.

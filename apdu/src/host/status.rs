@@ -12,14 +12,9 @@ pub enum StatusError {
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// The module answered with an error status.
-    #[error("module answered {sw:04X} ({meaning}) to {step}", meaning = super::status_meaning(*sw))]
-    Status {
-        /// The command.
-        step: &'static str,
-        /// Its status word.
-        sw: u16,
-    },
+    /// The module answered a command with an error status.
+    #[error(transparent)]
+    Status(#[from] super::Refused),
     /// A response that does not decode.
     #[error("malformed {0} from the module")]
     Malformed(&'static str),
@@ -46,10 +41,10 @@ pub struct ModuleStatus {
 pub fn read_status<T: Transport>(link: &mut CardLink<T>) -> Result<ModuleStatus, StatusError> {
     let response = link.send([0x00, ins::SELECT, 0x04, 0x00], &proto::AID)?;
     if response.sw != sw::OK {
-        return Err(StatusError::Status {
+        return Err(StatusError::Status(super::Refused {
             step: "SELECT",
             sw: response.sw,
-        });
+        }));
     }
     let info = SelectInfo::parse(&response.data).ok_or(StatusError::Malformed("FCI"))?;
     let mut read = |object: u32, name: &'static str| -> Result<Option<Certificate>, StatusError> {
@@ -60,10 +55,10 @@ pub fn read_status<T: Transport>(link: &mut CardLink<T>) -> Result<ModuleStatus,
                 .map(Some)
                 .map_err(|_| StatusError::Malformed(name)),
             sw::DATA_NOT_FOUND => Ok(None),
-            other => Err(StatusError::Status {
+            other => Err(StatusError::Status(super::Refused {
                 step: "GET DATA",
                 sw: other,
-            }),
+            })),
         }
     };
     Ok(ModuleStatus {
