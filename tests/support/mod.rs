@@ -2,7 +2,9 @@
 //! memory, modules on RAM or file key memories, journals and transports that
 //! record, tear or tamper with traffic.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+pub mod claims;
 
 use imprint_apdu::applet::Applet;
 use imprint_apdu::host::manufacture::{ManufactureReport, manufacture};
@@ -327,4 +329,21 @@ impl<T: Transport> Transport for TearingTransport<T> {
 /// Reads the committed records of a key memory.
 pub fn records_of<K: KeyMemory>(memory: &mut K) -> imprint_apdu::keymem::Records {
     memory.load().expect("records")
+}
+
+/// Modules as in-process applets over file key memories in temporary directories.
+#[derive(Default)]
+pub struct InProcessHarness {
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl claims::Harness for InProcessHarness {
+    type T = InProcessTransport<FileKeyMemory>;
+
+    fn blank_module(&mut self) -> (CardLink<Self::T>, PathBuf) {
+        let dir = tempfile::tempdir().expect("module dir");
+        let path = dir.path().to_path_buf();
+        self.dirs.push(dir);
+        (file_module(&path), path)
+    }
 }

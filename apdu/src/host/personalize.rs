@@ -798,6 +798,8 @@ pub struct PersonalizationReport {
     pub journal_id: i64,
     /// APDUs exchanged.
     pub apdus: u32,
+    /// Logical commands (equal to `apdus` unless chaining or GET RESPONSE were needed).
+    pub commands: u32,
     /// Wall time of the whole run.
     pub elapsed: Duration,
 }
@@ -812,6 +814,7 @@ pub fn personalize<T: Transport>(
 ) -> Result<PersonalizationReport, PersonalizeError> {
     let started = Instant::now();
     let apdus_before = link.apdu_count();
+    let commands_before = link.command_count();
     let mut flow = Personalization::new(unit, options)?;
     let mut journal_id = None;
     let result = drive(link, journal, &mut flow, &mut journal_id);
@@ -828,6 +831,7 @@ pub fn personalize<T: Transport>(
         certificate: issued.certificate,
         journal_id: journal_id.ok_or(PersonalizeError::OutOfOrder)?,
         apdus: link.apdu_count() - apdus_before,
+        commands: link.command_count() - commands_before,
         elapsed: started.elapsed(),
     })
 }

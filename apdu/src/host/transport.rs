@@ -102,6 +102,7 @@ impl<K: KeyMemory> Transport for InProcessTransport<K> {
 pub struct CardLink<T: Transport> {
     transport: T,
     apdus: u32,
+    commands: u32,
     wire_time: Duration,
 }
 
@@ -111,6 +112,7 @@ impl<T: Transport> CardLink<T> {
         Self {
             transport,
             apdus: 0,
+            commands: 0,
             wire_time: Duration::ZERO,
         }
     }
@@ -118,6 +120,12 @@ impl<T: Transport> CardLink<T> {
     /// APDUs exchanged so far (each chained piece and GET RESPONSE counts).
     pub fn apdu_count(&self) -> u32 {
         self.apdus
+    }
+
+    /// Logical commands sent so far (each [`CardLink::send`], however many
+    /// APDUs chaining and GET RESPONSE made of it).
+    pub fn command_count(&self) -> u32 {
+        self.commands
     }
 
     /// Time spent inside [`Transport::transmit`].
@@ -148,6 +156,7 @@ impl<T: Transport> CardLink<T> {
         if data.len() > usize::from(u16::MAX) {
             return Err(TransportError::TooLarge(data.len()));
         }
+        self.commands += 1;
         let mut response = if self.transport.supports_extended_length() {
             self.transmit(&encode_extended(header, data))?
         } else {
