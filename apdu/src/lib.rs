@@ -28,6 +28,8 @@ pub mod keymem;
 pub mod pki;
 pub mod proto;
 pub mod tlv;
+#[cfg(feature = "std")]
+pub mod vpcd;
 
 pub use applet::Applet;
 pub use iso::{Command, Response};

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use imprint_apdu::host::PersonalizeError;
 use imprint_apdu::host::credentials::CredentialsError;
 use imprint_apdu::host::manufacture::ManufactureError;
 use imprint_apdu::host::status::StatusError;
+use imprint_apdu::host::{PersonalizeError, TransportError};
 use imprint_apdu::keymem::KeyMemoryError;
 use imprint_apdu::pki::issue::IssueError;
 use imprint_apdu::pki::{PkiError, Role};
@@ -129,6 +129,9 @@ pub enum HostError {
     /// Personalizing or resetting failed.
     #[error(transparent)]
     Personalize(#[from] PersonalizeError),
+    /// Moving APDUs to or from a module failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     /// Reading a module's status failed.
     #[error(transparent)]
     Status(#[from] StatusError),
@@ -214,4 +217,69 @@ pub enum HostError {
     /// The operating system's random generator failed.
     #[error("the operating system random generator failed")]
     Random,
+    /// The PC/SC service (pcscd) cannot be reached.
+    #[error("cannot reach the PC/SC service (is pcscd running?)")]
+    PcscService(#[source] pcsc::Error),
+    /// A PC/SC call failed.
+    #[error("{prefix}cannot {op}", prefix = reader_prefix(.reader.as_deref()))]
+    Pcsc {
+        /// The reader concerned, if any.
+        reader: Option<String>,
+        /// What was being done.
+        op: &'static str,
+        /// The PC/SC error.
+        #[source]
+        source: pcsc::Error,
+    },
+    /// No PC/SC reader has the name asked for.
+    #[error("no PC/SC reader named {name:?} (readers: {available})", available = reader_list(.available))]
+    UnknownReader {
+        /// The name asked for.
+        name: String,
+        /// The readers there are.
+        available: Vec<String>,
+    },
+    /// There are no PC/SC readers.
+    #[error("no PC/SC readers are connected")]
+    NoReaders,
+    /// The reader holds no card.
+    #[error("no card in reader {0:?}")]
+    NoCard(String),
+    /// Another application holds the card exclusively, or we asked for
+    /// exclusive access while another application uses it.
+    #[error("the card in reader {0:?} is in use by another application")]
+    ReaderBusy(String),
+    /// The card in the reader does not answer to reset.
+    #[error("the card in reader {0:?} does not answer (mute card)")]
+    CardMute(String),
+    /// The card left the reader (or was reset by another application) during a step.
+    #[error("card removed during {step}")]
+    CardRemoved {
+        /// The command the card was removed during.
+        step: &'static str,
+    },
+    /// The card does not hold the Imprint applet.
+    #[error("not an Imprint module (SELECT: {sw:04X})")]
+    NotImprintModule {
+        /// The card's status word to SELECT of our AID.
+        sw: u16,
+    },
+    /// The module's answer to SELECT does not decode.
+    #[error("the module's answer to SELECT does not decode")]
+    MalformedSelect,
+}
+
+fn reader_prefix(reader: Option<&str>) -> String {
+    reader.map_or_else(|| "PC/SC: ".to_owned(), |name| format!("reader {name:?}: "))
+}
+
+fn reader_list(names: &[String]) -> String {
+    if names.is_empty() {
+        return "none".to_owned();
+    }
+    names
+        .iter()
+        .map(|name| format!("{name:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

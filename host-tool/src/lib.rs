@@ -10,9 +10,11 @@
 //!                                                                   │
 //!  module dir ─▶ FileKeyMemory ─▶ Applet ─▶ InProcessTransport ─▶ CardLink
 //!        ▲             manufacture (M) / personalize (P) / reset    │
-//!        └──────────────────────────── APDUs ◀──────────────────────┘
+//!        └──────────────────────────── APDUs ◀──────────────────────┤
+//!  card in a reader ◀─ pcscd ◀─ pcsc::PcscTransport ◀───────────────┘
 //!                                  personalize ──▶ journal::SqliteJournal
 //!                                  (every certificate recorded before it is sent)
+//!  station: one worker per reader ─▶ pcsc::ReaderWatch ─▶ personalize each new card once
 //! ```
 //!
 //! - [`roles`]: the on-disk layout of the manufacturer and of the unit.
@@ -21,6 +23,8 @@
 //! - [`module`]: opening a file-backed module in-process.
 //! - [`demo`]: the whole flow on N modules, verified afterwards.
 //! - [`bench`](mod@bench): P-384 signature rates against `openssl speed`.
+//! - [`pcsc`]: cards in PC/SC readers (the transport, reader listing and watching).
+//! - [`station`]: station mode, personalizing cards on several readers at once.
 
 #![forbid(unsafe_code)]
 
@@ -29,7 +33,9 @@ pub mod demo;
 mod error;
 pub mod journal;
 pub mod module;
+pub mod pcsc;
 pub mod roles;
+pub mod station;
 
 pub use error::HostError;
 

@@ -6,28 +6,40 @@
 //!     P/personalizer.csr ─▶ imprint manufacturer certify-personalizer ─▶ by-manufacturer.pem
 //!     P/personalizer.csr ─▶ imprint-central certify-personalizer ───────▶ by-central.pem
 //!  imprint personalizer install ─▶ P/{by-*,central-delivery,manufacturer}.pem
-//!  imprint manufacturer manufacture ─▶ module DIR (identity key + certificate)
-//!  imprint personalize ─▶ module DIR OPERATING, P/journal.sqlite
+//!  imprint manufacturer manufacture ─▶ module DIR or card in a reader (identity key + certificate)
+//!  imprint personalize ─▶ module DIR or card in a reader OPERATING, P/journal.sqlite
 //!  imprint module status | reset | export-chain;  imprint journal list;  imprint bench crypto
+//!  imprint readers;  imprint station ─▶ every card inserted into the readers, once each
 //! ```
+//!
+//! Module commands take `--module DIR` (a file-backed module in this process)
+//! or `--reader NAME` (a card behind pcscd), exactly one of the two.
 
 #![forbid(unsafe_code)]
 
+use std::fmt;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use imprint_apdu::host::manufacture::manufacture;
-use imprint_apdu::host::status::ModuleStatus;
-use imprint_apdu::host::{PersonalizationOptions, personalize, reset_module};
+use imprint_apdu::host::status::{ModuleStatus, read_status};
+use imprint_apdu::host::{CardLink, PersonalizationOptions, personalize, reset_module};
 use imprint_apdu::pki::Certificate;
 use imprint_apdu::proto::len::VARIATION_MAX;
 use imprint_central::display;
 use imprint_host::journal::{IssuanceStatus, SqliteJournal};
+use imprint_host::pcsc::{AnyTransport, ConnectOptions, PcscTransport, ReaderWatch};
 use imprint_host::roles::{self, Manufacturer, Personalizer};
-use imprint_host::{bench, demo, module};
+use imprint_host::station::{
+    self, DEFAULT_POLL, PlainLog, StationConfig, StationObserver, TerminalProgress,
+};
+use imprint_host::{HostError, bench, demo, module, pcsc};
 
 /// `println!` that ends the program quietly when standard output is closed
 /// (`imprint … | head`) instead of panicking, and with status 1 on other
@@ -62,10 +74,17 @@ Step by step (each role in its own directory):
   imprint personalize --personalizer P --module MOD
   imprint module status --module MOD
 
+Cards in PC/SC readers: `--reader NAME` instead of `--module DIR`.
+  imprint readers
+  imprint manufacturer manufacture --dir M --reader \"Virtual PCD 00 00\"
+  imprint personalize --personalizer P --reader \"Virtual PCD 00 00\"
+  imprint station --personalizer P --count 10
+
 Every failure prints `error: <reason>` on standard error and exits with status 1.";
 
 /// Imprint host tool: manufacturer, personalization unit and issuance journal
-/// for Imprint security modules (file-backed modules reached in-process).
+/// for Imprint security modules (file-backed modules reached in-process, or
+/// cards in PC/SC readers).
 #[derive(Parser)]
 #[command(name = "imprint", version, after_help = AFTER_HELP)]
 struct Cli {
@@ -106,9 +125,94 @@ enum Command {
     /// The personalization unit's issuance journal.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// List the PC/SC readers: one line each with whether a card is in it
+    /// and, for a card with the Imprint applet, its serial and lifecycle.
+    /// Cards are reached in shared mode and not reset: a SELECT of the
+    /// Imprint applet is all they receive.
+    Readers,
+    /// Station mode: wait for cards on every reader (or the named ones) and
+    /// personalize each newly inserted card once, several readers in
+    /// parallel. Shows a progress display on a terminal, plain log lines
+    /// (`reader=… serial=… step=… result=…`) otherwise. A card pulled mid-way
+    /// fails with a clear message (its journal entry, if any, marked failed)
+    /// and the station goes on. Ctrl-C stops after the cards in hand. Prints a
+    /// summary at the end. Exit status: 0 if every finished card was
+    /// personalized, 1 if any failed or the station could not start.
+    Station(StationArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Where the module is: `--module DIR` or `--reader NAME`.
+#[derive(Args)]
+#[group(skip)]
+#[command(group(ArgGroup::new("target").required(true).multiple(false).args(["module", "reader"])))]
+struct TargetArgs {
+    /// The module: its key-memory directory (a file-backed module run in this process).
+    #[arg(long, value_name = "DIR")]
+    module: Option<PathBuf>,
+    /// The card in this PC/SC reader (as `imprint readers` names it).
+    #[arg(long, value_name = "NAME")]
+    reader: Option<String>,
+    /// With --reader: short APDUs only (command chaining and GET RESPONSE),
+    /// even where the reader takes extended-length APDUs.
+    #[arg(long, conflicts_with = "module")]
+    short_apdus: bool,
+}
+
+/// A module to work on, from [`TargetArgs`].
+enum Target {
+    Module(PathBuf),
+    Reader { name: String, short_apdus: bool },
+}
+
+impl From<TargetArgs> for Target {
+    fn from(args: TargetArgs) -> Self {
+        match (args.module, args.reader) {
+            (_, Some(name)) => Self::Reader {
+                name,
+                short_apdus: args.short_apdus,
+            },
+            (Some(dir), None) => Self::Module(dir),
+            // clap's group requires one of the two.
+            (None, None) => Self::Module(PathBuf::from(".")),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Module(dir) => write!(f, "the module in {}", dir.display()),
+            Self::Reader { name, .. } => write!(f, "the card in reader {name:?}"),
+        }
+    }
+}
+
+impl Target {
+    /// Opens the module: a file-backed one (created if `create`), or the card
+    /// in the reader with `options`.
+    fn open(
+        &self,
+        create: bool,
+        options: ConnectOptions,
+    ) -> anyhow::Result<CardLink<AnyTransport>> {
+        let transport = match self {
+            Self::Module(dir) => AnyTransport::File(module::open(dir, create)?.into_transport()),
+            Self::Reader { name, short_apdus } => AnyTransport::Reader(
+                PcscTransport::open(name, options.short_apdus(*short_apdus))
+                    .with_context(|| format!("opening {self}"))?,
+            ),
+        };
+        Ok(CardLink::new(transport))
+    }
+
+    /// Reads the module's public state over a fresh connection.
+    fn status(&self) -> anyhow::Result<ModuleStatus> {
+        let mut link = self.open(false, ConnectOptions::shared())?;
+        read_status(&mut link).with_context(|| format!("reading {self}"))
+    }
 }
 
 #[derive(Subcommand)]
@@ -149,9 +253,8 @@ enum ManufacturerCommand {
         /// The manufacturer's directory.
         #[arg(long)]
         dir: PathBuf,
-        /// The module (its key-memory directory).
-        #[arg(long)]
-        module: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
         /// Lifetime of the identity certificate in years (within the root).
         #[arg(long, default_value_t = roles::DEFAULT_IDENTITY_YEARS, value_parser = years())]
         years: u32,
@@ -201,9 +304,8 @@ struct PersonalizeArgs {
     /// The personalization unit's directory.
     #[arg(long)]
     personalizer: PathBuf,
-    /// The module (its key-memory directory).
-    #[arg(long)]
-    module: PathBuf,
+    #[command(flatten)]
+    target: TargetArgs,
     /// Variation value for the module's key generation (claim 10), 1 to 64
     /// bytes as hex. Default: 32 random bytes.
     #[arg(long)]
@@ -217,17 +319,15 @@ struct PersonalizeArgs {
 enum ModuleCommand {
     /// Print the module's serial, lifecycle and certificates.
     Status {
-        /// The module (its key-memory directory).
-        #[arg(long)]
-        module: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Return the module to PERSONALIZATION through the unit's authenticated
     /// channel, erasing its module key, module certificate and central anchor
     /// (claim 2). The identity key survives.
     Reset {
-        /// The module (its key-memory directory).
-        #[arg(long)]
-        module: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
         /// The personalization unit's directory.
         #[arg(long)]
         personalizer: PathBuf,
@@ -236,13 +336,37 @@ enum ModuleCommand {
     /// by the central system (PEM): the chain to verify against the central
     /// root. Fails unless the module is OPERATING.
     ExportChain {
-        /// The module (its key-memory directory).
-        #[arg(long)]
-        module: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
         /// Where to write the PEM chain.
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct StationArgs {
+    /// The personalization unit's directory (its journal records every card).
+    #[arg(long)]
+    personalizer: PathBuf,
+    /// Watch this reader; repeat for several. Default: every reader present
+    /// when the station starts.
+    #[arg(long = "reader", value_name = "NAME")]
+    readers: Vec<String>,
+    /// Exit after N cards finished (personalized or failed; skipped cards,
+    /// already personalized in this run, do not count).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Plain log lines even when standard output is a terminal.
+    #[arg(long)]
+    plain: bool,
+    /// Short APDUs only (command chaining and GET RESPONSE), even where the
+    /// readers take extended-length APDUs.
+    #[arg(long)]
+    short_apdus: bool,
+    /// Lifetime of module certificates in years (within the unit's).
+    #[arg(long, default_value_t = 5, value_parser = years())]
+    years: u32,
 }
 
 #[derive(Subcommand)]
@@ -295,6 +419,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             personalizer,
             serial,
         }) => list_journal(&personalizer, serial),
+        Command::Readers => list_readers(),
+        Command::Station(args) => run_station(args),
         Command::Bench(BenchCommand::Crypto { seconds }) => run_bench(seconds),
     }
 }
@@ -394,11 +520,12 @@ fn run_manufacturer(command: ManufacturerCommand) -> anyhow::Result<()> {
             out!("certified {:?}: {}", request.common_name(), out.display());
             print_certificate("", &cert);
         }
-        ManufacturerCommand::Manufacture { dir, module, years } => {
+        ManufacturerCommand::Manufacture { dir, target, years } => {
             let manufacturer = open_manufacturer(&dir)?;
-            let mut link = module::open(&module, true)?;
+            let target = Target::from(target);
+            let mut link = target.open(true, ConnectOptions::exclusive())?;
             let report = manufacture(&mut link, manufacturer.credentials(), years)
-                .with_context(|| format!("manufacturing the module in {}", module.display()))?;
+                .with_context(|| format!("manufacturing {target}"))?;
             out!(
                 "module {} manufactured ({} APDUs)",
                 report.serial,
@@ -496,14 +623,15 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
     let unit = open_unit(&args.personalizer)?;
     let journal_path = roles::journal_path(&args.personalizer);
     let mut journal = SqliteJournal::open(&journal_path)?;
-    let mut link = module::open(&args.module, false)?;
+    let target = Target::from(args.target);
+    let mut link = target.open(false, ConnectOptions::exclusive())?;
     let options = PersonalizationOptions {
         variation,
         validity_years: args.years,
         issuer: None,
     };
     let report = personalize(&mut link, &mut journal, &unit, options)
-        .with_context(|| format!("personalizing the module in {}", args.module.display()))?;
+        .with_context(|| format!("personalizing {target}"))?;
     out!("serial:     {}", report.serial);
     out!("was:        {}", report.lifecycle_before);
     out!("APDUs:      {}", report.apdus);
@@ -522,31 +650,41 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
 
 fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
     match command {
-        ModuleCommand::Status { module } => {
-            let status = module_status(&module)?;
+        ModuleCommand::Status { target } => {
+            let status = Target::from(target).status()?;
             print_status(&status);
         }
         ModuleCommand::Reset {
-            module,
+            target,
             personalizer,
         } => {
             let unit = open_unit(&personalizer)?;
-            let mut link = module::open(&module, false)?;
-            let apdus = reset_module(&mut link, &unit)
-                .with_context(|| format!("resetting the module in {}", module.display()))?;
-            drop(link);
-            let status = module_status(&module)?;
+            let target = Target::from(target);
+            let mut link = target.open(false, ConnectOptions::exclusive())?;
+            let apdus =
+                reset_module(&mut link, &unit).with_context(|| format!("resetting {target}"))?;
+            // A file-backed module reloads from its directory (a power-up);
+            // a card is read on the same connection.
+            let status = match &target {
+                Target::Module(_) => {
+                    drop(link);
+                    target.status()?
+                }
+                Target::Reader { .. } => {
+                    read_status(&mut link).with_context(|| format!("reading {target}"))?
+                }
+            };
             out!(
                 "module {} is now {}: module key, module certificate, unit certificate and central anchor erased ({apdus} APDUs)",
                 status.serial.as_deref().unwrap_or("without serial"),
                 status.info.lifecycle
             );
         }
-        ModuleCommand::ExportChain { module, out } => {
-            let status = module_status(&module)?;
-            let chain = module::operating_chain(&status).with_context(|| {
-                format!("exporting the chain of the module in {}", module.display())
-            })?;
+        ModuleCommand::ExportChain { target, out } => {
+            let target = Target::from(target);
+            let status = target.status()?;
+            let chain = module::operating_chain(&status)
+                .with_context(|| format!("exporting the chain of {target}"))?;
             roles::write_certificates(&out, &chain)?;
             out!(
                 "wrote the module certificate and the unit's central certificate to {}",
@@ -557,10 +695,6 @@ fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn module_status(module: &Path) -> anyhow::Result<ModuleStatus> {
-    module::status(module).with_context(|| format!("reading the module in {}", module.display()))
 }
 
 fn print_status(status: &ModuleStatus) {
@@ -626,6 +760,118 @@ fn list_journal(personalizer: &Path, serial: Option<String>) -> anyhow::Result<(
         .filter(|entry| entry.status == IssuanceStatus::Installed)
         .count();
     out!("{} entries, {installed} installed", entries.len());
+    Ok(())
+}
+
+fn list_readers() -> anyhow::Result<()> {
+    let reports = pcsc::survey()?;
+    if reports.is_empty() {
+        out!("no PC/SC readers");
+        return Ok(());
+    }
+    let width = reports
+        .iter()
+        .map(|report| report.name.len())
+        .max()
+        .unwrap_or(0);
+    for report in &reports {
+        out!("{:<width$}  {}", report.name, report.card);
+    }
+    Ok(())
+}
+
+fn run_station(args: StationArgs) -> anyhow::Result<()> {
+    let unit = open_unit(&args.personalizer)?;
+    let journal_path = roles::journal_path(&args.personalizer);
+    let journal = Mutex::new(SqliteJournal::open(&journal_path)?);
+    let available = pcsc::reader_names()?;
+    let mut names: Vec<String> = Vec::new();
+    if args.readers.is_empty() {
+        names = available;
+    } else {
+        for name in args.readers {
+            if !available.contains(&name) {
+                return Err(HostError::UnknownReader {
+                    name,
+                    available: available.clone(),
+                }
+                .into());
+            }
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(HostError::NoReaders.into());
+    }
+    let options = ConnectOptions::exclusive().short_apdus(args.short_apdus);
+    let watches = names
+        .iter()
+        .map(|name| ReaderWatch::new(name, options))
+        .collect::<Result<Vec<_>, _>>()?;
+    let count = args
+        .count
+        .map(usize::try_from)
+        .transpose()
+        .context("--count is too large")?;
+
+    out!(
+        "station: {} reader(s): {}; journal {}",
+        names.len(),
+        names
+            .iter()
+            .map(|name| format!("{name:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        journal_path.display()
+    );
+    let terminal = (!args.plain && std::io::stdout().is_terminal())
+        .then(|| Arc::new(TerminalProgress::new(&names)));
+    let plain = PlainLog::new(std::io::stdout());
+    let observer: &dyn StationObserver = match &terminal {
+        Some(progress) => progress.as_ref(),
+        None => &plain,
+    };
+
+    // Ctrl-C (or SIGTERM): finish the cards in hand, then stop; a second one
+    // quits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let display = terminal.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        let note = "stopping after the cards in hand; Ctrl-C again quits at once";
+        match &display {
+            Some(progress) => progress.note(note),
+            None => eprintln!("{note}"),
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+    let config = StationConfig {
+        unit: &unit,
+        journal: &journal,
+        count,
+        validity_years: args.years,
+        observer,
+        stop: &stop,
+        poll: DEFAULT_POLL,
+    };
+    let summary = station::run_station(watches, &config);
+    if let Some(progress) = &terminal {
+        progress.finish();
+    }
+    out!();
+    out!("{}", summary.to_string().trim_end());
+    if !summary.all_done() {
+        bail!(
+            "{} of {} cards failed",
+            summary.failed(),
+            summary.done() + summary.failed()
+        );
+    }
     Ok(())
 }
 
