@@ -1,0 +1,272 @@
+//! The PC/SC test bench shared by the suites that run through the machine's
+//! `pcscd`: vpcd readers, `imprint-card` processes as cards, and the rules for
+//! skipping (only outside CI, only when not root) and for sharing readers
+//! between test processes (a lock file per reader).
+//!
+//! ```text
+//!  test ──PC/SC──▶ pcscd ──vpcd reader "Virtual PCD 00 0n"──TCP──▶ imprint-card ──▶ module dir
+//! ```
+
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const PCSCD_SOCKET: &str = "/run/pcscd/pcscd.comm";
+pub const PCSCD_PID_FILE: &str = "/run/pcscd/pcscd.pid";
+/// The first vpcd reader's port; reader `n` listens on `BASE_PORT + n`.
+pub const BASE_PORT: u16 = 35963;
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A vpcd reader: its PC/SC name and the TCP port the card connects to.
+#[derive(Clone, Debug)]
+pub struct Reader {
+    pub name: String,
+    pub port: u16,
+}
+
+impl Reader {
+    pub fn index(n: u16) -> Self {
+        Self {
+            name: format!("Virtual PCD 00 {n:02}"),
+            port: BASE_PORT + n,
+        }
+    }
+
+    /// The reader these tests use.
+    pub fn for_tests() -> Self {
+        let n = std::env::var("IMPRINT_TEST_VPCD_READER")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        Self::index(n)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Exclusive use of this reader among cooperating test processes.
+    pub fn lock(&self) -> File {
+        let path = std::env::temp_dir().join(format!("imprint-vpcd-{}.lock", self.port));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|err| panic!("opening {}: {err}", path.display()));
+        file.lock()
+            .unwrap_or_else(|err| panic!("locking {}: {err}", path.display()));
+        file
+    }
+}
+
+/// Skips the test (returns `None`) with a reason, or fails it under CI.
+pub fn skip(reason: &str) -> Option<()> {
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{reason} (CI=true: the PC/SC tests must run)");
+    }
+    eprintln!("SKIPPED: {reason}");
+    None
+}
+
+pub fn is_root() -> bool {
+    // The effective UID is the second field of "Uid:" (no libc call needed).
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `program` on `PATH`, or in `/usr/sbin` (where Debian puts `pcscd`).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Makes sure `pcscd` runs, starting it if we may. `None`: skip the test.
+pub fn pcsc_stack() -> Option<()> {
+    static START: Mutex<()> = Mutex::new(());
+    let _guard = START
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for tool in ["pcscd", "opensc-tool"] {
+        if find_program(tool).is_none() {
+            return skip(&format!(
+                "`{tool}` is not installed (Debian: pcscd vsmartcard-vpcd opensc)"
+            ));
+        }
+    }
+    if !Path::new("/usr/lib/pcsc/drivers/serial/libifdvpcd.so").exists() {
+        return skip("the vpcd reader driver is not installed (Debian: vsmartcard-vpcd)");
+    }
+    if !Path::new(PCSCD_SOCKET).exists() {
+        if !is_root() {
+            return skip("pcscd is not running, and only root may start it");
+        }
+        start_pcscd();
+    }
+    Some(())
+}
+
+/// Starts `pcscd -f` in its own process group (it outlives the tests: one
+/// pcscd serves the whole machine) and waits for its socket. A thread reaps
+/// it should it exit while the tests run.
+pub fn start_pcscd() {
+    let mut pcscd = Command::new(find_program("pcscd").expect("pcscd is installed"))
+        .arg("-f")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("starting pcscd -f");
+    thread::spawn(move || pcscd.wait());
+    wait_until(WAIT, "pcscd's socket", || Path::new(PCSCD_SOCKET).exists());
+}
+
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `opensc-tool -l` lists `reader` with a card in it.
+pub fn card_present(reader: &Reader) -> bool {
+    let Ok(output) = Command::new("opensc-tool").arg("-l").output() else {
+        return false;
+    };
+    String::from_utf8_lossy(&output.stdout).lines().any(|line| {
+        line.trim_end().ends_with(&reader.name) && line.split_whitespace().nth(1) == Some("Yes")
+    })
+}
+
+/// Waits until `reader` has been empty for a while.
+///
+/// pcscd learns that a card left only at its next presence poll (about every
+/// 400 ms), and until then routes APDUs to the dead connection. Worse, when a
+/// card vanishes mid-command and a client then resets it, pcscd already shows
+/// the reader empty; if a new card connects before the next poll, the poll
+/// still finds "a card", pcscd sees no change, and the new card stays
+/// invisible. So the reader must have looked empty across a few polls.
+pub fn wait_for_empty_reader(reader: &Reader) {
+    const QUIET: Duration = Duration::from_millis(1200);
+    let start = Instant::now();
+    let mut empty_since: Option<Instant> = None;
+    loop {
+        if card_present(reader) {
+            empty_since = None;
+        } else if empty_since.get_or_insert_with(Instant::now).elapsed() >= QUIET {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT + QUIET,
+            "{:?} still holds a card after {WAIT:?}",
+            reader.name
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `imprint-card` in an empty `reader` and waits until pcscd sees it.
+pub fn insert_card(reader: &Reader, module: &Path, extra: &[&str]) -> CardProcess {
+    wait_for_empty_reader(reader);
+    let card = CardProcess::start(module, &reader.addr(), extra);
+    wait_for_card(reader, &card);
+    card
+}
+
+pub fn wait_for_card(reader: &Reader, card: &CardProcess) {
+    let start = Instant::now();
+    while !card_present(reader) {
+        assert!(
+            start.elapsed() < WAIT,
+            "no card in {:?} after {WAIT:?}; imprint-card said:\n{}",
+            reader.name,
+            card.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------- the card process
+
+/// An `imprint-card` child, killed when dropped.
+pub struct CardProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl CardProcess {
+    pub fn start(module: &Path, addr: &str, extra: &[&str]) -> Self {
+        let log = module.with_extension(format!("{}.log", unique()));
+        let stderr = File::create(&log).expect("card log");
+        let child = Command::new(env!("CARGO_BIN_EXE_imprint-card"))
+            .arg("--module")
+            .arg(module)
+            .args(["--vpcd", addr])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("starting imprint-card");
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "imprint-card did not exit; it said:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for CardProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
