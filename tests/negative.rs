@@ -3,9 +3,7 @@
 //! status word or error and a module in a defined state.
 
 use imprint_apdu::applet::Applet;
-use imprint_apdu::host::personalize::{
-    BundleRejection, ModuleCertificateIssuer, ModuleCertificateRequest, OpenChannel,
-};
+use imprint_apdu::host::personalize::{BundleRejection, ModuleCertificateRequest, OpenChannel};
 use imprint_apdu::host::{
     CardLink, InProcessTransport, PersonalizationOptions, PersonalizeError, Transport,
     TransportError, UnitCredentials, personalize,
@@ -13,7 +11,6 @@ use imprint_apdu::host::{
 use imprint_apdu::iso::sw;
 use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::keymem::{KeyMemory, KeySlot};
-use imprint_apdu::pki::issue::{self, IssueError, IssuerKey};
 use imprint_apdu::pki::{self, Certificate};
 use imprint_apdu::proto::AID;
 use imprint_apdu::{Lifecycle, channel::encode_point, tlv};
@@ -621,53 +618,18 @@ fn personalization_works_without_extended_length_through_chaining_and_get_respon
     );
 }
 
-struct ForeignKeyIssuer;
-
-impl ModuleCertificateIssuer for ForeignKeyIssuer {
-    fn issue(
-        &self,
-        unit: &UnitCredentials,
-        request: &ModuleCertificateRequest,
-    ) -> Result<Certificate, IssueError> {
-        let other = encode_point(&p384::PublicKey::from(random_key().verifying_key()));
-        issue::module_cert(
-            IssuerKey {
-                cert: &unit.cert_by_central,
-                key: &unit.key,
-            },
-            &request.serial,
-            &other,
-            &request.nonce,
-            request.validity,
-        )
-    }
-}
-
-struct OtherSerialIssuer;
-
-impl ModuleCertificateIssuer for OtherSerialIssuer {
-    fn issue(
-        &self,
-        unit: &UnitCredentials,
-        request: &ModuleCertificateRequest,
-    ) -> Result<Certificate, IssueError> {
-        issue::module_cert(
-            IssuerKey {
-                cert: &unit.cert_by_central,
-                key: &unit.key,
-            },
-            "0123456789abcdef",
-            &request.public_key,
-            &request.nonce,
-            request.validity,
-        )
-    }
-}
-
 #[test]
 fn module_certificate_for_another_key_or_module_is_refused() {
     let pki = Pki::new();
-    let (err, lifecycle) = pki.run_failing(&pki.unit, Some(Box::new(ForeignKeyIssuer)));
+    let (err, lifecycle) = pki.run_failing(
+        &pki.unit,
+        Some(Box::new(AlteredIssuer(
+            |request: &mut ModuleCertificateRequest| {
+                request.public_key =
+                    encode_point(&p384::PublicKey::from(random_key().verifying_key()));
+            },
+        ))),
+    );
     assert_eq!(lifecycle, Lifecycle::Personalization);
     assert!(
         matches!(
@@ -676,7 +638,14 @@ fn module_certificate_for_another_key_or_module_is_refused() {
         ),
         "{err}"
     );
-    let (err, _) = pki.run_failing(&pki.unit, Some(Box::new(OtherSerialIssuer)));
+    let (err, _) = pki.run_failing(
+        &pki.unit,
+        Some(Box::new(AlteredIssuer(
+            |request: &mut ModuleCertificateRequest| {
+                request.serial = "0123456789abcdef".into();
+            },
+        ))),
+    );
     assert!(
         matches!(
             err,

@@ -18,14 +18,14 @@ use imprint_apdu::host::{
     UnitCredentials, personalize,
 };
 use imprint_apdu::iso::sw;
-use imprint_apdu::pki::issue::{self, IssueError, IssuerKey};
-use imprint_apdu::pki::{self, Certificate, Role};
+use imprint_apdu::pki::issue::{self, IssuerKey};
+use imprint_apdu::pki::{self, Role};
 use imprint_apdu::{Lifecycle, tlv};
 use p384::ecdsa::SigningKey;
 
 use crate::{
-    EntryState, LoggingTransport, Pki, RecordingJournal, TamperingTransport, manufacture_with,
-    new_central, new_manufacturer, new_unit,
+    AlteredIssuer, EntryState, LoggingTransport, Pki, RecordingJournal, TamperingTransport,
+    manufacture_with, new_central, new_manufacturer, new_unit,
 };
 
 /// How a test reaches modules. Every module lives in a directory of its own
@@ -383,28 +383,6 @@ pub fn claim08<H: Harness>(harness: &mut H) {
     );
 }
 
-/// Issues module certificates with a fixed nonce instead of the module's.
-pub struct NonceIssuer(pub [u8; 16]);
-
-impl ModuleCertificateIssuer for NonceIssuer {
-    fn issue(
-        &self,
-        unit: &UnitCredentials,
-        request: &ModuleCertificateRequest,
-    ) -> Result<Certificate, IssueError> {
-        issue::module_cert(
-            IssuerKey {
-                cert: &unit.cert_by_central,
-                key: &unit.key,
-            },
-            &request.serial,
-            &request.public_key,
-            &self.0,
-            request.validity,
-        )
-    }
-}
-
 /// Claim 9: the module's nonce is signed into the module certificate.
 pub fn claim09<H: Harness>(harness: &mut H) {
     let pki = Pki::new();
@@ -426,7 +404,9 @@ pub fn claim09<H: Harness>(harness: &mut H) {
         harness,
         &pki.manufacturer,
         &pki.unit,
-        Some(Box::new(NonceIssuer([7; 16]))),
+        Some(Box::new(AlteredIssuer(
+            |request: &mut ModuleCertificateRequest| request.nonce = [7; 16],
+        ))),
     );
     assert!(
         matches!(

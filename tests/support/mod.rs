@@ -347,3 +347,21 @@ impl claims::Harness for InProcessHarness {
         (file_module(&path), path)
     }
 }
+
+/// Issues module certificates for a request altered by a closure first: a
+/// certificate for another key, nonce or serial, signed by the real unit key.
+pub struct AlteredIssuer<F>(pub F);
+
+impl<F: Fn(&mut imprint_apdu::host::personalize::ModuleCertificateRequest)> ModuleCertificateIssuer
+    for AlteredIssuer<F>
+{
+    fn issue(
+        &self,
+        unit: &UnitCredentials,
+        request: &imprint_apdu::host::personalize::ModuleCertificateRequest,
+    ) -> Result<Certificate, issue::IssueError> {
+        let mut altered = request.clone();
+        (self.0)(&mut altered);
+        altered.issue_with_unit_key(unit)
+    }
+}

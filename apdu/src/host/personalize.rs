@@ -67,6 +67,23 @@ pub trait ModuleCertificateIssuer {
     ) -> Result<Certificate, IssueError>;
 }
 
+impl ModuleCertificateRequest {
+    /// Issues this request with the unit's own key, under its certificate from
+    /// the central system (the default issuer).
+    pub fn issue_with_unit_key(&self, unit: &UnitCredentials) -> Result<Certificate, IssueError> {
+        issue::module_cert(
+            IssuerKey {
+                cert: &unit.cert_by_central,
+                key: &unit.key,
+            },
+            &self.serial,
+            &self.public_key,
+            &self.nonce,
+            self.validity,
+        )
+    }
+}
+
 struct UnitKeyIssuer;
 
 impl ModuleCertificateIssuer for UnitKeyIssuer {
@@ -75,16 +92,7 @@ impl ModuleCertificateIssuer for UnitKeyIssuer {
         unit: &UnitCredentials,
         request: &ModuleCertificateRequest,
     ) -> Result<Certificate, IssueError> {
-        issue::module_cert(
-            IssuerKey {
-                cert: &unit.cert_by_central,
-                key: &unit.key,
-            },
-            &request.serial,
-            &request.public_key,
-            &request.nonce,
-            request.validity,
-        )
+        request.issue_with_unit_key(unit)
     }
 }
 
