@@ -147,7 +147,7 @@ impl<T: Transport> CardLink<T> {
         let started = Instant::now();
         let bytes = self.transport.transmit(apdu);
         self.wire_time += started.elapsed();
-        self.apdus += 1;
+        self.apdus = self.apdus.saturating_add(1);
         Response::from_bytes(&bytes?).ok_or(TransportError::ShortResponse)
     }
 
@@ -156,7 +156,7 @@ impl<T: Transport> CardLink<T> {
         if data.len() > usize::from(u16::MAX) {
             return Err(TransportError::TooLarge(data.len()));
         }
-        self.commands += 1;
+        self.commands = self.commands.saturating_add(1);
         let mut response = if self.transport.supports_extended_length() {
             self.transmit(&encode_extended(header, data))?
         } else {
@@ -182,9 +182,17 @@ impl<T: Transport> CardLink<T> {
         };
         let mut data = std::mem::take(&mut response.data);
         while response.sw & 0xFF00 == sw::MORE_DATA {
+            // A card or relay that keeps answering 61xx must not make the
+            // host loop or grow without bound: no response exceeds 65536 bytes.
+            if data.len() > MAX_RESPONSE_DATA {
+                return Err(TransportError::TooLarge(data.len()));
+            }
             let le = (response.sw & 0xFF) as u8;
             response = self.transmit(&[0x00, ins::GET_RESPONSE, 0x00, 0x00, le])?;
             data.extend_from_slice(&response.data);
+        }
+        if data.len() > MAX_RESPONSE_DATA {
+            return Err(TransportError::TooLarge(data.len()));
         }
         Ok(Response {
             data,
@@ -192,6 +200,9 @@ impl<T: Transport> CardLink<T> {
         })
     }
 }
+
+/// The largest response data field an APDU exchange can carry (extended Le = 0000).
+pub const MAX_RESPONSE_DATA: usize = 65_536;
 
 /// Extended-length encoding with Le = 0000 (up to 65536 response bytes).
 pub fn encode_extended(header: [u8; 4], data: &[u8]) -> Vec<u8> {
@@ -222,3 +233,6 @@ pub fn encode_short(header: [u8; 4], data: &[u8], expect_response: bool) -> Vec<
     }
     apdu
 }
+
+#[cfg(test)]
+mod tests;
