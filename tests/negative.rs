@@ -187,6 +187,10 @@ fn module_in(
             manufactured(&mut link, pki);
             personalized(&mut link, &pki.unit, &mut RecordingJournal::default()).unwrap();
         }
+        "operating-pin" => {
+            manufactured(&mut link, pki);
+            personalized_with_pin(&mut link, &pki.unit, b"2468").unwrap();
+        }
         other => panic!("{other}"),
     }
     select(&mut link);
@@ -203,8 +207,11 @@ fn every_plain_command_in_every_wrong_state_gets_its_status_word() {
     let open = tlv::encode(0x7C, &[]);
     let suite_open = [0x00, 0x82, 0x01, 0x00];
     let suite_confirm = [0x00, 0x82, 0x01, 0x01];
+    let verify = [0x00, 0x20, 0x00, 0x81];
+    let sign = [0x00, 0x2A, 0x9E, 0x9A];
+    let digest = vec![0x5A; 48];
     // (state, header, data, expected SW)
-    let cases: Vec<(&str, [u8; 4], Vec<u8>, u16)> = vec![
+    let mut cases: Vec<(&str, [u8; 4], Vec<u8>, u16)> = vec![
         (
             "blank",
             [0, 0xDB, 0x3F, 0xFF],
@@ -301,6 +308,69 @@ fn every_plain_command_in_every_wrong_state_gets_its_status_word() {
             sw::WRONG_P1P2,
         ),
     ];
+    cases.extend(vec![
+        // VERIFY and COMPUTE DIGITAL SIGNATURE exist only in OPERATING.
+        ("blank", verify, b"1234".to_vec(), sw::CONDITIONS),
+        ("blank", verify, vec![], sw::CONDITIONS),
+        ("blank", sign, digest.clone(), sw::CONDITIONS),
+        ("identity-only", verify, b"1234".to_vec(), sw::CONDITIONS),
+        ("identity-only", sign, digest.clone(), sw::CONDITIONS),
+        ("personalization", verify, b"1234".to_vec(), sw::CONDITIONS),
+        ("personalization", sign, digest.clone(), sw::CONDITIONS),
+        (
+            "personalization",
+            [0x0C, 0x2A, 0x9E, 0x9A],
+            digest.clone(),
+            sw::SECURITY_STATUS,
+        ),
+        // OPERATING without a PIN: nothing to verify; bad parameters and lengths.
+        ("operating", verify, b"1234".to_vec(), sw::DATA_NOT_FOUND),
+        ("operating", verify, vec![], sw::DATA_NOT_FOUND),
+        (
+            "operating",
+            [0x00, 0x20, 0x00, 0x82],
+            b"1234".to_vec(),
+            sw::WRONG_P1P2,
+        ),
+        (
+            "operating",
+            [0x00, 0x20, 0x01, 0x81],
+            b"1234".to_vec(),
+            sw::WRONG_P1P2,
+        ),
+        (
+            "operating",
+            [0x00, 0x2A, 0x9E, 0x9B],
+            digest.clone(),
+            sw::WRONG_P1P2,
+        ),
+        (
+            "operating",
+            [0x00, 0x2A, 0x80, 0x86],
+            digest.clone(),
+            sw::WRONG_P1P2,
+        ),
+        ("operating", sign, vec![0; 65], sw::WRONG_LENGTH),
+        ("operating", sign, vec![], sw::WRONG_LENGTH),
+        (
+            "operating",
+            [0x0C, 0x2A, 0x9E, 0x9A],
+            digest.clone(),
+            sw::SECURITY_STATUS,
+        ),
+        // OPERATING with a PIN: signing waits for VERIFY; bad lengths do not count.
+        ("operating-pin", sign, digest.clone(), sw::SECURITY_STATUS),
+        ("operating-pin", verify, vec![], 0x63C3),
+        ("operating-pin", verify, b"123".to_vec(), sw::WRONG_LENGTH),
+        ("operating-pin", verify, vec![b'1'; 17], sw::WRONG_LENGTH),
+        (
+            "operating-pin",
+            [0x00, 0x20, 0xFF, 0x81],
+            b"1234".to_vec(),
+            sw::WRONG_LENGTH,
+        ),
+        ("operating-pin", [0x00, 0x20, 0xFF, 0x81], vec![], sw::OK),
+    ]);
     for (state, header, data, expected) in cases {
         let mut link = module_in(state, &pki);
         let before = link.transport_mut().applet().records().clone();
@@ -652,5 +722,173 @@ fn module_certificate_for_another_key_or_module_is_refused() {
             PersonalizeError::CertificatesRejected(BundleRejection::SerialMismatch)
         ),
         "{err}"
+    );
+}
+
+/// Found in review: a unit holding only a valid certificate from the
+/// manufacturer could make up a "central" key, certify itself under it for the
+/// year 2200, and so raise the module's time watermark past every real unit's
+/// certificate, locking the module for good. The module now requires one
+/// instant at which the whole bundle is valid, which caps the watermark by the
+/// unit's own certificate from the manufacturer.
+#[test]
+fn a_unit_cannot_push_the_time_watermark_past_its_own_certificate() {
+    use imprint_apdu::pki::Role;
+    use imprint_apdu::pki::issue::{self, CertificateRequest, IssuerKey, Validity};
+    const YEAR_2200: u64 = 7_258_118_400;
+    const YEAR: u64 = 365 * 24 * 3600;
+    let pki = Pki::new();
+    let now = imprint_apdu::host::personalize::unix_now();
+
+    let fake_key = random_key();
+    let fake_root = issue::self_signed_root(
+        Role::Central,
+        "Made-up Central",
+        &fake_key,
+        Validity::new(now - 60, YEAR_2200 + 2 * YEAR).unwrap(),
+    )
+    .unwrap();
+    let mut rogue = pki.unit.clone();
+    rogue.central_delivery = issue::central_delivery_cert(
+        IssuerKey {
+            cert: &rogue.cert_by_manufacturer,
+            key: &rogue.key,
+        },
+        &fake_root,
+        Validity::new(now, now + 5 * YEAR).unwrap(),
+    )
+    .unwrap();
+    let csr = CertificateRequest::new("Test Unit", &rogue.key).unwrap();
+    rogue.cert_by_central = issue::personalizer_cert(
+        IssuerKey {
+            cert: &fake_root,
+            key: &fake_key,
+        },
+        &csr,
+        Validity::new(YEAR_2200, YEAR_2200 + YEAR).unwrap(),
+    )
+    .unwrap();
+
+    let mut link = ram_module();
+    manufacture_with(&mut link, &pki.manufacturer);
+    let options = PersonalizationOptions {
+        issuer: Some(Box::new(AlteredIssuer(
+            |request: &mut ModuleCertificateRequest| {
+                request.validity = Validity {
+                    not_before_unix: YEAR_2200,
+                    not_after_unix: YEAR_2200 + YEAR,
+                };
+            },
+        ))),
+        ..PersonalizationOptions::default()
+    };
+    let err =
+        personalize(&mut link, &mut RecordingJournal::default(), &rogue, options).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PersonalizeError::CertificatesRejected(BundleRejection::NoCommonValidity)
+        ),
+        "{err}"
+    );
+    let records = link.transport_mut().applet().records().clone();
+    assert_eq!(records.lifecycle, Lifecycle::Personalization);
+    assert!(records.time_watermark < YEAR_2200);
+    // An honest unit still personalizes the module.
+    personalized(&mut link, &pki.unit, &mut RecordingJournal::default()).unwrap();
+}
+
+/// A key memory whose erase wipes the key but then reports a failure.
+struct EraseFails(imprint_apdu::keymem::memory::MemoryKeyMemory);
+
+impl KeyMemory for EraseFails {
+    fn load(
+        &mut self,
+    ) -> Result<imprint_apdu::keymem::Records, imprint_apdu::keymem::KeyMemoryError> {
+        self.0.load()
+    }
+    fn commit(
+        &mut self,
+        records: &imprint_apdu::keymem::Records,
+    ) -> Result<(), imprint_apdu::keymem::KeyMemoryError> {
+        self.0.commit(records)
+    }
+    fn generate(
+        &mut self,
+        slot: KeySlot,
+        variation: &[u8],
+    ) -> Result<p384::PublicKey, imprint_apdu::keymem::KeyMemoryError> {
+        self.0.generate(slot, variation)
+    }
+    fn erase(&mut self, slot: KeySlot) -> Result<(), imprint_apdu::keymem::KeyMemoryError> {
+        self.0.erase(slot)?;
+        Err(imprint_apdu::keymem::KeyMemoryError::Io)
+    }
+    fn public_key(
+        &mut self,
+        slot: KeySlot,
+    ) -> Result<Option<p384::PublicKey>, imprint_apdu::keymem::KeyMemoryError> {
+        self.0.public_key(slot)
+    }
+    fn sign_digest(
+        &mut self,
+        slot: KeySlot,
+        digest: &[u8; 48],
+    ) -> Result<p384::ecdsa::Signature, imprint_apdu::keymem::KeyMemoryError> {
+        self.0.sign_digest(slot, digest)
+    }
+    fn random(&mut self, out: &mut [u8]) -> Result<(), imprint_apdu::keymem::KeyMemoryError> {
+        self.0.random(out)
+    }
+}
+
+/// Found in review: if erasing the module key failed after the key was gone,
+/// the channel still remembered the generated key, and a bundle for it made
+/// the module OPERATING without a module key.
+#[test]
+fn a_failed_erase_cannot_lead_to_operating_without_a_key() {
+    use imprint_apdu::pki::issue::{self, IssuerKey};
+    let pki = Pki::new();
+    let applet = Applet::new(EraseFails(
+        imprint_apdu::keymem::memory::MemoryKeyMemory::new(random_seed()),
+    ))
+    .unwrap();
+    let mut link = CardLink::new(InProcessTransport::new(applet));
+    let made = manufacture_with(&mut link, &pki.manufacturer);
+    let mut channel = OpenChannel::open(&mut link, &pki.unit).unwrap();
+    let (data, status) = channel
+        .send(
+            &mut link,
+            [0x0C, 0x47, 0x80, 0x02],
+            &tlv::encode(0x80, b"v"),
+        )
+        .unwrap();
+    assert_eq!(status, sw::OK);
+    let template = tlv::decode_fields(&data, [0x7F49, 0x9E]).unwrap()[0].unwrap();
+    let point = tlv::decode_single(template, 0x86).unwrap().to_vec();
+    let (_, status) = channel.send(&mut link, [0x0C, 0xE6, 0, 0], &[]).unwrap();
+    assert_eq!(status, sw::MEMORY_FAILURE);
+
+    let module_cert = issue::module_cert(
+        IssuerKey {
+            cert: &pki.unit.cert_by_central,
+            key: &pki.unit.key,
+        },
+        &made.serial,
+        &point,
+        &channel.nonce(),
+        imprint_apdu::host::personalize::nested_validity(&pki.unit.cert_by_central, 5),
+    )
+    .unwrap();
+    let mut bundle = tlv::encode(0xDF23, module_cert.der());
+    bundle.extend(tlv::encode(0xDF24, pki.unit.cert_by_central.der()));
+    bundle.extend(tlv::encode(0xDF25, pki.unit.central_delivery.der()));
+    let (_, status) = channel
+        .send(&mut link, [0x0C, 0xDB, 0x3F, 0xFF], &bundle)
+        .unwrap();
+    assert_eq!(status, sw::CONDITIONS);
+    assert_eq!(
+        link.transport_mut().applet().lifecycle(),
+        Lifecycle::Personalization
     );
 }

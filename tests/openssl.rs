@@ -3,7 +3,7 @@
 //! the module chain to the central root (as a TLS endpoint of the central
 //! system would), the identity certificate to the manufacturer root, and show
 //! the nonce extension (claim 9). It must also refuse the chain under the
-//! wrong roots.
+//! wrong roots, and accept the module key's signatures over host digests.
 //!
 //! Without an `openssl` binary these tests print `SKIPPED` and pass, except in
 //! CI (`CI=true`), where they fail.
@@ -281,4 +281,96 @@ fn openssl_rejects_module_chain_under_foreign_central_root() {
         "the module chain must not verify to a foreign central root"
     );
     assert!(!stdout(&output).contains("module.pem: OK"));
+}
+
+/// COMPUTE DIGITAL SIGNATURE over SHA-256, SHA-384 and SHA-512 digests the
+/// host computed (CKM_ECDSA_SHA256/384 and a longer-than-the-curve digest):
+/// `openssl dgst -<hash> -verify` with the module certificate's key must
+/// accept each signature over the message, so the module's conversion of a
+/// digest to the P-384 hash value is the standard one.
+#[test]
+fn openssl_verifies_module_signatures_over_host_digests() {
+    use sha2::Digest;
+    if !openssl_available() {
+        return;
+    }
+    let pki = Pki::new();
+    let mut link = ram_module();
+    manufactured(&mut link, &pki);
+    personalized(&mut link, &pki.unit, &mut RecordingJournal::default()).expect("personalize");
+    let module = read_status(&mut link)
+        .expect("status")
+        .module_cert
+        .expect("module certificate");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(
+        dir.path().join("module.pem"),
+        issue::to_pem(&module).expect("PEM"),
+    )
+    .expect("write PEM");
+    let output = run_openssl(
+        dir.path(),
+        &[
+            "x509",
+            "-pubkey",
+            "-noout",
+            "-in",
+            "module.pem",
+            "-out",
+            "module.pub",
+        ],
+    );
+    assert!(output.status.success(), "cannot extract the module key");
+
+    let message = b"signed by the module key through the PKCS#11 provider";
+    std::fs::write(dir.path().join("message.bin"), message).expect("write message");
+    let digests: [(&str, Vec<u8>); 3] = [
+        ("-sha256", sha2::Sha256::digest(message).to_vec()),
+        ("-sha384", sha2::Sha384::digest(message).to_vec()),
+        ("-sha512", sha2::Sha512::digest(message).to_vec()),
+    ];
+    for (hash, digest) in digests {
+        let response = compute_signature(&mut link, &digest);
+        assert_eq!(response.sw, 0x9000, "{hash}");
+        let signature =
+            p384::ecdsa::Signature::from_slice(&response.data).expect("raw r ‖ s signature");
+        std::fs::write(
+            dir.path().join("signature.der"),
+            signature.to_der().as_bytes(),
+        )
+        .expect("write signature");
+        let output = run_openssl(
+            dir.path(),
+            &[
+                "dgst",
+                hash,
+                "-verify",
+                "module.pub",
+                "-signature",
+                "signature.der",
+                "message.bin",
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "openssl refused the {hash} signature"
+        );
+        assert!(stdout(&output).contains("Verified OK"), "{hash}");
+
+        // And a signature over another message is refused.
+        std::fs::write(dir.path().join("other.bin"), b"another message").expect("write");
+        let output = run_openssl(
+            dir.path(),
+            &[
+                "dgst",
+                hash,
+                "-verify",
+                "module.pub",
+                "-signature",
+                "signature.der",
+                "other.bin",
+            ],
+        );
+        assert!(!output.status.success(), "{hash}: wrong message accepted");
+    }
 }

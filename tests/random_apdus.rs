@@ -1,6 +1,7 @@
 //! Property-style test: random and mutated APDUs fed to the applet in every
 //! lifecycle state (and with a channel open) never panic, always get a status
-//! word, and never change what is committed.
+//! word, and never change what is committed (with a user PIN set, only its
+//! retry counter may move).
 
 use imprint_apdu::applet::Applet;
 use imprint_apdu::host::personalize::OpenChannel;
@@ -54,11 +55,13 @@ fn random_apdu(rng: &mut Rng, seen: &[Vec<u8>]) -> Vec<u8> {
         // A structurally valid APDU with our instructions and random content.
         _ => {
             let cla = rng.pick(&[0x00, 0x0C, 0x10, 0x1C, 0x80, 0x01, 0xFF]);
-            let ins = rng.pick(&[0xA4, 0xCA, 0xDB, 0x47, 0x82, 0xE6, 0xC0, 0x20, 0x84, 0x00]);
+            let ins = rng.pick(&[
+                0xA4, 0xCA, 0xDB, 0x47, 0x82, 0xE6, 0xC0, 0x20, 0x2A, 0x84, 0x00,
+            ]);
             let any = rng.byte();
-            let p1 = rng.pick(&[0x00, 0x01, 0x04, 0x80, 0xDF, 0x3F, any]);
+            let p1 = rng.pick(&[0x00, 0x01, 0x04, 0x80, 0xDF, 0x3F, 0x9E, 0xFF, any]);
             let any = rng.byte();
-            let p2 = rng.pick(&[0x00, 0x01, 0x02, 0x21, 0x23, 0xFF, any]);
+            let p2 = rng.pick(&[0x00, 0x01, 0x02, 0x21, 0x23, 0xFF, 0x81, 0x9A, any]);
             let len = rng.below(260);
             let data: Vec<u8> = if rng.below(2) == 0 {
                 // TLV-looking data.
@@ -116,12 +119,20 @@ fn hammer(
                 .unwrap();
         }
     }
+    let after = link.transport_mut().inner.applet().records().clone();
     if frozen {
+        assert_eq!(after, before, "random input changed committed state");
+    } else if before.pin.is_some() {
+        // Wrong PINs may count down; everything else stays.
+        let mut expected = before.clone();
+        expected.pin.clone_from(&after.pin);
         assert_eq!(
-            link.transport_mut().inner.applet().records(),
-            &before,
-            "random input changed committed state"
+            after, expected,
+            "random input changed more than the PIN counter"
         );
+        let (was, is) = (before.pin.unwrap(), after.pin.unwrap());
+        assert!(is.tries_left <= was.tries_left);
+        assert_eq!((is.salt, is.verifier), (was.salt, was.verifier));
     }
 }
 
@@ -165,4 +176,10 @@ fn random_apdus_in_every_state_never_panic_or_change_committed_state() {
     // OPERATING with a channel open.
     let _channel = OpenChannel::open(&mut link, &pki.unit).unwrap();
     hammer(&mut link, 5, ROUNDS, true);
+
+    // OPERATING with a user PIN: random VERIFYs may use up tries, nothing else.
+    let mut link = fresh();
+    manufacture_with(&mut link, &pki.manufacturer);
+    personalized_with_pin(&mut link, &pki.unit, b"2468").unwrap();
+    hammer(&mut link, 6, ROUNDS, false);
 }

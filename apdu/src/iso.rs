@@ -10,9 +10,11 @@ pub mod sw {
     pub const MORE_DATA: u16 = 0x6100;
     /// Verification failed (a signature or MAC in an authentication step).
     pub const AUTHENTICATION_FAILED: u16 = 0x6300;
+    /// `63Cx`: VERIFY failed or is not done yet; `x` = tries left (0 to 15).
+    pub const TRIES_LEFT: u16 = 0x63C0;
     /// Memory failure: the key memory could not commit.
     pub const MEMORY_FAILURE: u16 = 0x6581;
-    /// Wrong length (Lc/Le inconsistent, or a chain too long for the card's buffer).
+    /// Wrong length (the APDU matches no case, or Nc is outside what the command allows).
     pub const WRONG_LENGTH: u16 = 0x6700;
     /// Logical channels not supported (a non-zero channel in CLA).
     pub const CHANNEL_NOT_SUPPORTED: u16 = 0x6881;
@@ -20,8 +22,11 @@ pub mod sw {
     pub const SM_NOT_SUPPORTED: u16 = 0x6882;
     /// The last command of a chain was expected.
     pub const LAST_COMMAND_EXPECTED: u16 = 0x6883;
-    /// Security status not satisfied (a certificate failed verification, or no channel).
+    /// Security status not satisfied (a certificate failed verification, no
+    /// channel, or the PIN is not verified).
     pub const SECURITY_STATUS: u16 = 0x6982;
+    /// Authentication method blocked: the PIN's retry counter is 0.
+    pub const PIN_BLOCKED: u16 = 0x6983;
     /// Conditions of use not satisfied (command not allowed in this lifecycle state).
     pub const CONDITIONS: u16 = 0x6985;
     /// Secure messaging data objects incorrect: the channel is closed.
@@ -36,7 +41,7 @@ pub mod sw {
     pub const NOT_ENOUGH_MEMORY: u16 = 0x6A84;
     /// Incorrect parameters P1-P2.
     pub const WRONG_P1P2: u16 = 0x6A86;
-    /// Referenced data not found (GET DATA of an absent object).
+    /// Referenced data not found (GET DATA of an absent object, VERIFY without a PIN).
     pub const DATA_NOT_FOUND: u16 = 0x6A88;
     /// Instruction code not supported.
     pub const INS_NOT_SUPPORTED: u16 = 0x6D00;

@@ -22,6 +22,10 @@ pub mod ins {
     pub const AUTHENTICATE: u8 = 0x82;
     /// TERMINATE DF: leave OPERATING for PERSONALIZATION, erasing operational keys.
     pub const TERMINATE: u8 = 0xE6;
+    /// VERIFY: present the user PIN (or ask for its status).
+    pub const VERIFY: u8 = 0x20;
+    /// PERFORM SECURITY OPERATION (here only COMPUTE DIGITAL SIGNATURE).
+    pub const PSO: u8 = 0x2A;
     /// GET RESPONSE.
     pub const GET_RESPONSE: u8 = 0xC0;
 }
@@ -45,6 +49,21 @@ pub const AUTH_STEP_CONFIRM: u8 = 0x01;
 
 /// P1-P2 of PUT DATA: the data field is a list of BER-TLV data objects.
 pub const PUT_DATA_TLV: u16 = 0x3FFF;
+
+/// P1 of VERIFY: verify the reference data in the data field (or, with no
+/// data, report the verification status).
+pub const P1_VERIFY: u8 = 0x00;
+/// P1 of VERIFY: reset the verification status (ISO/IEC 7816-4, "log out").
+pub const P1_VERIFY_RESET: u8 = 0xFF;
+/// P2 of VERIFY: specific reference data number 1, the user PIN.
+pub const PIN_REF_USER: u8 = 0x81;
+/// P1-P2 of PERFORM SECURITY OPERATION: COMPUTE DIGITAL SIGNATURE, the
+/// response is the signature (`9E`) and the data field the input to sign (`9A`).
+pub const PSO_CDS: u16 = 0x9E9A;
+
+/// How many wrong PIN presentations in a row block the PIN. A successful
+/// VERIFY resets the counter to this value; nothing else raises it.
+pub const PIN_TRY_LIMIT: u8 = 3;
 
 /// Data-object tags.
 pub mod tag {
@@ -89,6 +108,9 @@ pub mod tag {
     pub const CENTRAL_CERT: u32 = 0xDF25;
     /// The identity public key, as a `7F49` template (GET DATA only).
     pub const IDENTITY_PUBLIC_KEY: u32 = 0xDF26;
+    /// The user PIN, optional in the certificate bundle (secured PUT DATA only;
+    /// never readable).
+    pub const USER_PIN: u32 = 0xDF27;
 
     /// FCI template (SELECT response).
     pub const FCI: u32 = 0x6F;
@@ -116,6 +138,15 @@ pub mod len {
     pub const CONFIRMATION: usize = 48;
     /// Largest variation value accepted.
     pub const VARIATION_MAX: usize = 64;
+    /// Shortest user PIN.
+    pub const PIN_MIN: usize = 4;
+    /// Longest user PIN.
+    pub const PIN_MAX: usize = 16;
+    /// Longest digest COMPUTE DIGITAL SIGNATURE accepts (SHA-512).
+    pub const DIGEST_MAX: usize = 64;
+    /// The length of the digest value the module key signs: the byte length of
+    /// the P-384 group order (384 bits).
+    pub const FIELD_DIGEST: usize = 48;
 }
 
 /// The module's lifecycle (DESIGN §3).

@@ -211,6 +211,15 @@ pub enum HostError {
         /// The start of the output.
         excerpt: String,
     },
+    /// A card failed during a benchmark.
+    #[error("benchmark: the card in reader {reader:?} failed")]
+    BenchCardFailed {
+        /// The reader.
+        reader: String,
+        /// Why.
+        #[source]
+        source: Box<HostError>,
+    },
     /// A signature made by the bench did not verify: the crypto stack is broken.
     #[error("a signature made by the bench did not verify; the P-384 stack is broken")]
     BenchSelfCheck,

@@ -8,7 +8,9 @@
 //!  imprint personalizer install ─▶ P/{by-*,central-delivery,manufacturer}.pem
 //!  imprint manufacturer manufacture ─▶ module DIR or card in a reader (identity key + certificate)
 //!  imprint personalize ─▶ module DIR or card in a reader OPERATING, P/journal.sqlite
-//!  imprint module status | reset | export-chain;  imprint journal list;  imprint bench crypto
+//!  imprint module status | reset | export-chain;  imprint journal list
+//!  imprint bench crypto | pcsc | station  (P-384 rates; round trips, personalizations and
+//!                                          station throughput through pcscd)
 //!  imprint readers;  imprint station ─▶ every card inserted into the readers, once each
 //! ```
 //!
@@ -34,7 +36,9 @@ use imprint_apdu::pki::Certificate;
 use imprint_apdu::proto::len::VARIATION_MAX;
 use imprint_central::display;
 use imprint_host::journal::{IssuanceStatus, SqliteJournal};
-use imprint_host::pcsc::{AnyTransport, ConnectOptions, PcscTransport, ReaderWatch};
+use imprint_host::pcsc::{
+    AnyTransport, ConnectOptions, LengthMode, PcscTransport, ReaderWatch, ShortReason,
+};
 use imprint_host::roles::{self, Manufacturer, Personalizer};
 use imprint_host::station::{
     self, DEFAULT_POLL, PlainLog, StationConfig, StationObserver, TerminalProgress,
@@ -392,6 +396,52 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// Through pcscd, on the card in one reader (an Imprint module, e.g.
+    /// `imprint-card`): the raw APDU round trip (a SELECT loop: median and
+    /// p90). With --personalizer, also whole personalizations of that card
+    /// (re-personalized each time, every certificate journaled): APDUs on the
+    /// wire, median time per card, and the ratio to the floor, which is the
+    /// APDU count times the median round trip plus the P-384 operations of
+    /// both sides at our rates measured in the same run.
+    Pcsc {
+        /// The reader holding the card.
+        #[arg(long, value_name = "NAME")]
+        reader: String,
+        /// Timed SELECT round trips (after 20 not timed).
+        #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        rounds: u64,
+        /// The personalization unit's directory: also time whole
+        /// personalizations, journaled in its journal.
+        #[arg(long)]
+        personalizer: Option<PathBuf>,
+        /// Personalizations to time (after one not timed).
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        cards: u64,
+        /// Short APDUs only for the personalizations.
+        #[arg(long)]
+        short_apdus: bool,
+    },
+    /// Station throughput through pcscd: cards per minute personalized by the
+    /// station with every named reader working, against the first reader
+    /// alone, and the ratio. Each reader must hold an Imprint module; the
+    /// cards are re-personalized again and again (every certificate
+    /// journaled), one station run per round.
+    Station {
+        /// The personalization unit's directory.
+        #[arg(long)]
+        personalizer: PathBuf,
+        /// A reader holding a card; repeat for several (the first is also
+        /// measured alone).
+        #[arg(long = "reader", value_name = "NAME", required = true)]
+        readers: Vec<String>,
+        /// Cards to personalize with each configuration (after one warm-up
+        /// round, not timed).
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        cards: u64,
+        /// Short APDUs only.
+        #[arg(long)]
+        short_apdus: bool,
+    },
 }
 
 fn years() -> clap::builder::RangedI64ValueParser<u32> {
@@ -421,7 +471,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }) => list_journal(&personalizer, serial),
         Command::Readers => list_readers(),
         Command::Station(args) => run_station(args),
-        Command::Bench(BenchCommand::Crypto { seconds }) => run_bench(seconds),
+        Command::Bench(command) => run_bench(command),
     }
 }
 
@@ -629,6 +679,7 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
         variation,
         validity_years: args.years,
         issuer: None,
+        ..Default::default()
     };
     let report = personalize(&mut link, &mut journal, &unit, options)
         .with_context(|| format!("personalizing {target}"))?;
@@ -749,7 +800,7 @@ fn list_journal(personalizer: &Path, serial: Option<String>) -> anyhow::Result<(
             "{:>5}  {:<16}  {:<9}  {:<20}  {:<32}  {}",
             entry.id,
             entry.serial,
-            entry.status,
+            entry.status.as_str(),
             issued_at,
             entry.fingerprint.get(..32).unwrap_or(&entry.fingerprint),
             entry.reason.as_deref().unwrap_or(""),
@@ -875,14 +926,44 @@ fn run_station(args: StationArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_bench(seconds: f64) -> anyhow::Result<()> {
-    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 600.0) {
-        bail!("--seconds must be more than 0 and at most 600, got {seconds}");
-    }
+fn run_bench(command: BenchCommand) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         out!(
             "note: debug build of imprint (dependencies are optimized); use --release for the reference figures"
         );
+    }
+    match command {
+        BenchCommand::Crypto { seconds } => run_bench_crypto(seconds),
+        BenchCommand::Pcsc {
+            reader,
+            rounds,
+            personalizer,
+            cards,
+            short_apdus,
+        } => run_bench_pcsc(
+            &reader,
+            usize::try_from(rounds).context("--rounds is too large")?,
+            personalizer.as_deref(),
+            usize::try_from(cards).context("--cards is too large")?,
+            short_apdus,
+        ),
+        BenchCommand::Station {
+            personalizer,
+            readers,
+            cards,
+            short_apdus,
+        } => run_bench_station(
+            &personalizer,
+            readers,
+            usize::try_from(cards).context("--cards is too large")?,
+            short_apdus,
+        ),
+    }
+}
+
+fn run_bench_crypto(seconds: f64) -> anyhow::Result<()> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 600.0) {
+        bail!("--seconds must be more than 0 and at most 600, got {seconds}");
     }
     out!("measuring our P-384 stack for {seconds} s each ...");
     let (sign, verify) = bench::crypto_rates(Duration::from_secs_f64(seconds))?;
@@ -912,6 +993,194 @@ fn run_bench(seconds: f64) -> anyhow::Result<()> {
         "ratio ours/openssl",
         sign / openssl.sign_per_s,
         verify / openssl.verify_per_s
+    );
+    Ok(())
+}
+
+/// Seconds the pcsc bench measures each P-384 operation for.
+const BENCH_RATE_SECONDS: f64 = 1.0;
+
+/// Lifetime of the module certificates the benches issue, in years.
+const BENCH_YEARS: u32 = 5;
+
+fn run_bench_pcsc(
+    reader: &str,
+    rounds: usize,
+    personalizer: Option<&Path>,
+    cards: usize,
+    short_apdus: bool,
+) -> anyhow::Result<()> {
+    // Open the unit first: a wrong directory fails before anything is timed.
+    let unit = personalizer.map(open_unit).transpose()?;
+    out!(
+        "raw APDU round trip through pcscd: SELECT on the card in {reader:?}, {rounds} rounds ..."
+    );
+    let trips = bench::pcscd::select_round_trips(reader, rounds)
+        .with_context(|| format!("timing SELECTs on the card in {reader:?}"))?;
+    out!(
+        "  median {:.1} µs, p90 {:.1} µs (min {:.1} µs, max {:.1} µs)",
+        bench::us(trips.median),
+        bench::us(trips.p90),
+        bench::us(trips.min),
+        bench::us(trips.max)
+    );
+    let (Some(unit), Some(dir)) = (unit, personalizer) else {
+        return Ok(());
+    };
+
+    out!();
+    out!("measuring our P-384 stack for {BENCH_RATE_SECONDS} s per operation ...");
+    let rates = bench::p384_rates(Duration::from_secs_f64(BENCH_RATE_SECONDS))?;
+    out!(
+        "  sign {:.0}/s, verify {:.0}/s, ECDH {:.0}/s, key generation {:.0}/s",
+        rates.sign_per_s,
+        rates.verify_per_s,
+        rates.ecdh_per_s,
+        rates.keygen_per_s
+    );
+
+    out!();
+    out!(
+        "whole personalizations through pcscd: the card in {reader:?}, {cards} cards after one not timed ..."
+    );
+    let journal_path = roles::journal_path(dir);
+    let mut journal = SqliteJournal::open(&journal_path)?;
+    let options = ConnectOptions::exclusive().short_apdus(short_apdus);
+    let run =
+        bench::pcscd::personalizations(reader, options, &unit, &mut journal, cards, BENCH_YEARS)
+            .with_context(|| format!("personalizing the card in {reader:?}"))?;
+    let ops = bench::PERSONALIZATION_OPS;
+    let crypto = ops.time_at(&rates);
+    let floor = bench::floor(run.apdus, trips.median, crypto);
+    out!(
+        "  {}, {}; journal {}",
+        if run.repersonalization {
+            "re-personalizations"
+        } else {
+            "first personalizations"
+        },
+        run.length,
+        journal_path.display()
+    );
+    let probed = !matches!(
+        run.length,
+        LengthMode::Short(ShortReason::Forced | ShortReason::ProtocolT0)
+    );
+    out!(
+        "  APDUs on the wire      {} per card{}",
+        run.apdus,
+        if probed {
+            " (the probe SELECT included)"
+        } else {
+            ""
+        }
+    );
+    out!(
+        "  median per card        {:.2} ms (p90 {:.2} ms)",
+        bench::ms(run.total.median),
+        bench::ms(run.total.p90)
+    );
+    out!(
+        "    connect and probe    {:.2} ms",
+        bench::ms(run.connect.median)
+    );
+    out!(
+        "    personalize          {:.2} ms, of which the journal {:.2} ms",
+        bench::ms(run.personalize.median),
+        bench::ms(run.journal.median)
+    );
+    out!(
+        "    disconnect (reset)   {:.2} ms",
+        bench::ms(run.disconnect.median)
+    );
+    out!(
+        "  P-384 operations       {} sign, {} verify, {} ECDH, {} key generation (both sides): {:.2} ms at our rates",
+        ops.sign,
+        ops.verify,
+        ops.ecdh,
+        ops.keygen,
+        bench::ms(crypto)
+    );
+    out!(
+        "  floor                  {:.2} ms = {} x {:.1} µs + {:.2} ms",
+        bench::ms(floor),
+        run.apdus,
+        bench::us(trips.median),
+        bench::ms(crypto)
+    );
+    out!(
+        "  ratio median/floor     {:.2}",
+        run.total.median.as_secs_f64() / floor.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run_bench_station(
+    personalizer: &Path,
+    readers: Vec<String>,
+    cards: usize,
+    short_apdus: bool,
+) -> anyhow::Result<()> {
+    let unit = open_unit(personalizer)?;
+    let available = pcsc::reader_names()?;
+    let mut names: Vec<String> = Vec::new();
+    for name in readers {
+        if !available.contains(&name) {
+            return Err(HostError::UnknownReader {
+                name,
+                available: available.clone(),
+            }
+            .into());
+        }
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let journal_path = roles::journal_path(personalizer);
+    let journal = Mutex::new(SqliteJournal::open(&journal_path)?);
+    let setup = bench::station::Setup {
+        unit: &unit,
+        journal: &journal,
+        options: ConnectOptions::exclusive().short_apdus(short_apdus),
+        validity_years: BENCH_YEARS,
+    };
+    out!(
+        "station throughput through pcscd: {} reader(s), {cards} cards per configuration after a round not timed; journal {} ...",
+        names.len(),
+        journal_path.display()
+    );
+    let result = bench::station::throughput(&names, &setup, cards)?;
+    let width = names
+        .iter()
+        .map(|name| name.len() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(14);
+    out!();
+    out!(
+        "  {:<width$}  {:>5}  {:>8}  {:>10}  {:>15}",
+        "readers",
+        "cards",
+        "busy s",
+        "cards/min",
+        "median per card"
+    );
+    for (label, run) in [
+        (format!("{:?}", names[0]), &result.one),
+        (format!("all {} readers", names.len()), &result.all),
+    ] {
+        out!(
+            "  {label:<width$}  {:>5}  {:>8.2}  {:>10.1}  {:>12.2} ms",
+            run.cards,
+            run.busy.as_secs_f64(),
+            run.per_minute(),
+            bench::ms(run.per_card.median)
+        );
+    }
+    out!(
+        "  ratio {} readers / 1 reader: {:.2}",
+        names.len(),
+        result.ratio()
     );
     Ok(())
 }

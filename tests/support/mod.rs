@@ -326,6 +326,35 @@ impl<T: Transport> Transport for TearingTransport<T> {
     }
 }
 
+/// VERIFY of the user PIN (`00 20 00 81`); an empty `pin` asks for the status.
+/// Returns the status word.
+pub fn verify_pin<T: Transport>(link: &mut CardLink<T>, pin: &[u8]) -> u16 {
+    link.send([0x00, 0x20, 0x00, 0x81], pin).expect("VERIFY").sw
+}
+
+/// PERFORM SECURITY OPERATION: COMPUTE DIGITAL SIGNATURE (`00 2A 9E 9A`) over
+/// `digest`, in plain.
+pub fn compute_signature<T: Transport>(
+    link: &mut CardLink<T>,
+    digest: &[u8],
+) -> imprint_apdu::Response {
+    link.send([0x00, 0x2A, 0x9E, 0x9A], digest)
+        .expect("PERFORM SECURITY OPERATION")
+}
+
+/// Personalizes with a user PIN and a recording journal.
+pub fn personalized_with_pin<T: Transport>(
+    link: &mut CardLink<T>,
+    unit: &UnitCredentials,
+    pin: &[u8],
+) -> Result<PersonalizationReport, PersonalizeError> {
+    let options = PersonalizationOptions {
+        pin: Some(zeroize::Zeroizing::new(pin.to_vec())),
+        ..PersonalizationOptions::default()
+    };
+    personalize(link, &mut RecordingJournal::default(), unit, options)
+}
+
 /// Reads the committed records of a key memory.
 pub fn records_of<K: KeyMemory>(memory: &mut K) -> imprint_apdu::keymem::Records {
     memory.load().expect("records")

@@ -16,8 +16,9 @@
 //! with the same seed: regenerating the identity key (the first thing the seed
 //! is used for) gives the same identity key as in the flows, and the committed
 //! records of the flows are loaded as they were. The module-key slot stays
-//! empty in the personalized state: in OPERATING the applet only erases or
-//! replaces that key, never uses it.
+//! empty in the personalized state, so COMPUTE DIGITAL SIGNATURE gets past
+//! its lifecycle and PIN gates and then answers `6581` (no key); every other
+//! command in OPERATING only erases or replaces that key.
 //!
 //! Every command must get a response of at least a status word.
 

@@ -6,13 +6,16 @@
 //!                                                             │
 //!                                     lifecycle gate (6985) ──┤── KeyMemory (keys, atomic records)
 //!
-//!   MANUFACTURED ──PUT DATA(root, identity cert)──▶ PERSONALIZATION ──PUT DATA(cert bundle)──▶ OPERATING
-//!                                                        ▲                                       │
-//!                                                        └──────────── TERMINATE (erases) ───────┘
+//!   MANUFACTURED ──PUT DATA(root, identity cert)──▶ PERSONALIZATION ──PUT DATA(cert bundle[, PIN])──▶ OPERATING
+//!                                                        ▲                                              │
+//!                                                        └──────────── TERMINATE (erases) ──────────────┘
+//!
+//!   OPERATING: VERIFY (user PIN, counter committed before the comparison) ──▶ PSO: COMPUTE DIGITAL SIGNATURE
 //! ```
 //!
-//! Volatile state (the open channel, a pending chain, pending response bytes)
-//! is dropped by [`Applet::reset`], as a card reset or power loss would.
+//! Volatile state (the open channel, a pending chain, pending response bytes,
+//! the PIN-verified flag) is dropped by [`Applet::reset`], as a card reset or
+//! power loss would.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -25,7 +28,7 @@ use crate::channel::{
     encode_point, parse_point, sha384,
 };
 use crate::iso::{CLA_CHAIN, CLA_SM, Command, Response, sw};
-use crate::keymem::{KeyMemory, KeyMemoryError, KeySlot, Records};
+use crate::keymem::{self, KeyMemory, KeyMemoryError, KeySlot, PinRecord, Records};
 use crate::pki::{self, Certificate};
 use crate::proto::{self, Lifecycle, ins, len, tag};
 use crate::tlv::{self, TlvError};
@@ -39,6 +42,8 @@ pub struct Applet<K: KeyMemory> {
     records: Records,
     serial: Option<[u8; pki::SERIAL_LEN]>,
     selected: bool,
+    /// The user PIN was verified since the last reset, deselection or failed VERIFY.
+    pin_verified: bool,
     session: Session,
     chain: Option<Chain>,
     pending: Vec<u8>,
@@ -124,6 +129,7 @@ impl<K: KeyMemory> Applet<K> {
             records,
             serial,
             selected: false,
+            pin_verified: false,
             session: Session::None,
             chain: None,
             pending: Vec::new(),
@@ -135,7 +141,8 @@ impl<K: KeyMemory> Applet<K> {
         self.records.lifecycle
     }
 
-    /// The committed records (public data only).
+    /// The committed records (certificates, lifecycle, and the PIN's salted
+    /// verifier and retry counter; no private keys).
     pub fn records(&self) -> &Records {
         &self.records
     }
@@ -150,9 +157,16 @@ impl<K: KeyMemory> Applet<K> {
         &mut self.memory
     }
 
-    /// A card reset or power cycle: drops the channel, chains and pending responses.
+    /// Whether the user PIN is verified now (volatile).
+    pub fn pin_verified(&self) -> bool {
+        self.pin_verified
+    }
+
+    /// A card reset or power cycle: drops the channel, chains, pending
+    /// responses and the PIN verification.
     pub fn reset(&mut self) {
         self.selected = false;
+        self.pin_verified = false;
         self.session = Session::None;
         self.chain = None;
         self.pending.clear();
@@ -203,7 +217,10 @@ impl<K: KeyMemory> Applet<K> {
                     return Response::status(sw::NOT_ENOUGH_MEMORY);
                 }
                 chain.data.extend_from_slice(command.data);
-                self.dispatch(header, &chain.data)
+                let result = self.dispatch(header, &chain.data);
+                // A chain may have carried a PIN.
+                chain.data.zeroize();
+                result
             }
             None => self.dispatch(header, command.data),
         };
@@ -274,6 +291,8 @@ impl<K: KeyMemory> Applet<K> {
             ins::GENERATE_KEY => self.generate_plain(p1, p2, data),
             ins::PUT_DATA => self.put_data_plain(p1, p2, data),
             ins::AUTHENTICATE => self.authenticate(p1, p2, data),
+            ins::VERIFY => self.verify(p1, p2, data),
+            ins::PSO => self.compute_signature(p1, p2, data),
             ins::TERMINATE => Err(Sw(sw::SECURITY_STATUS)),
             _ => Err(Sw(sw::INS_NOT_SUPPORTED)),
         };
@@ -299,6 +318,7 @@ impl<K: KeyMemory> Applet<K> {
             ins::GENERATE_KEY => self.generate_module_key(p1, p2, &plain),
             ins::PUT_DATA => self.install(p1, p2, &plain),
             ins::TERMINATE => self.terminate(p1, p2, &plain),
+            ins::PSO => self.compute_signature(p1, p2, &plain),
             _ => Err(Sw(sw::INS_NOT_SUPPORTED)),
         };
         plain.zeroize();
@@ -326,6 +346,7 @@ impl<K: KeyMemory> Applet<K> {
         }
         if data != proto::AID {
             self.selected = false;
+            self.pin_verified = false;
             return Err(Sw(sw::NOT_FOUND));
         }
         self.selected = true;
@@ -489,8 +510,9 @@ impl<K: KeyMemory> Applet<K> {
 
         let mut randomness = zeroize::Zeroizing::new([0u8; 48]);
         self.memory.random(&mut randomness[..])?;
-        let ephemeral_secret =
-            derive_scalar(&randomness, &[], b"ephemeral").ok_or(Sw(sw::UNKNOWN))?;
+        let ephemeral_secret = zeroize::Zeroizing::new(
+            derive_scalar(&randomness, &[], b"ephemeral").ok_or(Sw(sw::UNKNOWN))?,
+        );
         let ephemeral_point = encode_point(&PublicKey::from_secret_scalar(&ephemeral_secret));
         let mut module_challenge = [0u8; len::CHALLENGE];
         self.memory.random(&mut module_challenge)?;
@@ -612,8 +634,18 @@ impl<K: KeyMemory> Applet<K> {
             return Err(Sw(sw::SECURITY_STATUS));
         };
         let generated = session.generated.ok_or(Sw(sw::CONDITIONS))?;
-        let [module, unit, central] =
-            tlv::decode_fields(data, [tag::MODULE_CERT, tag::UNIT_CERT, tag::CENTRAL_CERT])?;
+        let [module, unit, central, pin] = tlv::decode_fields(
+            data,
+            [
+                tag::MODULE_CERT,
+                tag::UNIT_CERT,
+                tag::CENTRAL_CERT,
+                tag::USER_PIN,
+            ],
+        )?;
+        if pin.is_some_and(|pin| !(len::PIN_MIN..=len::PIN_MAX).contains(&pin.len())) {
+            return Err(Sw(sw::WRONG_DATA));
+        }
         let module = Certificate::from_der(tlv::required(module, tag::MODULE_CERT)?)?;
         let unit_by_central = Certificate::from_der(tlv::required(unit, tag::UNIT_CERT)?)?;
         let central = Certificate::from_der(tlv::required(central, tag::CENTRAL_CERT)?)?;
@@ -648,8 +680,32 @@ impl<K: KeyMemory> Applet<K> {
         for cert in [&module, &unit_by_central, &central] {
             pki::check_not_expired(cert, watermark)?;
         }
+        // Every certificate of the bundle must be valid at one common instant.
+        // That instant bounds the new watermark by the unit's own certificate
+        // from the manufacturer: without it a unit could push the watermark
+        // past every other unit's certificates and lock the module for good.
+        let bundle = [&module, &unit_by_central, &central, unit_by_manufacturer];
+        let latest_start = bundle.iter().map(|cert| cert.not_before_unix()).max();
+        let earliest_end = bundle.iter().map(|cert| cert.not_after_unix()).min();
+        if latest_start > earliest_end {
+            return Err(Sw(sw::SECURITY_STATUS));
+        }
+        // The key memory must still hold the key the certificate is for.
+        if self.memory.public_key(KeySlot::Module)? != Some(generated) {
+            return Err(Sw(sw::CONDITIONS));
+        }
+
+        let pin = match pin {
+            Some(pin) => {
+                let mut salt = [0u8; keymem::PIN_SALT_LEN];
+                self.memory.random(&mut salt)?;
+                Some(PinRecord::new(salt, pin))
+            }
+            None => None,
+        };
 
         let mut records = self.records.clone();
+        records.pin = pin;
         records.module_cert = Some(module.der().to_vec());
         records.unit_cert = Some(unit_by_central.der().to_vec());
         records.central_cert = Some(central.der().to_vec());
@@ -659,6 +715,7 @@ impl<K: KeyMemory> Applet<K> {
             .fold(watermark, u64::max);
         records.lifecycle = Lifecycle::Operating;
         records.personalizations = records.personalizations.saturating_add(1);
+        self.pin_verified = false;
         self.commit(records)?;
         if let Session::Established(session) = &mut self.session {
             session.generated = None;
@@ -682,15 +739,94 @@ impl<K: KeyMemory> Applet<K> {
         }
         // Records first: once they say PERSONALIZATION the module key is
         // unusable, so a crash before the key is erased leaves nothing operational.
-        let mut records = self.records.clone();
-        records.erase_operational();
-        records.lifecycle = Lifecycle::Personalization;
-        self.commit(records)?;
-        self.memory.erase(KeySlot::Module)?;
+        // Forget the key generated in this channel first, whatever happens next.
         if let Session::Established(session) = &mut self.session {
             session.generated = None;
         }
+        let mut records = self.records.clone();
+        records.erase_operational();
+        records.lifecycle = Lifecycle::Personalization;
+        self.pin_verified = false;
+        self.commit(records)?;
+        self.memory.erase(KeySlot::Module)?;
         Ok(Vec::new())
+    }
+
+    /// VERIFY of the user PIN (`00 20 00 81`), its status query (no data),
+    /// and the reset of the verification status (`00 20 FF 81`, no data).
+    ///
+    /// DESIGN §8a: the retry counter is decremented and committed before the
+    /// PIN is compared; a commit that fails means no comparison.
+    fn verify(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if !matches!(p1, proto::P1_VERIFY | proto::P1_VERIFY_RESET) || p2 != proto::PIN_REF_USER {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        if self.records.lifecycle != Lifecycle::Operating {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        let Some(pin) = &self.records.pin else {
+            return Err(Sw(sw::DATA_NOT_FOUND));
+        };
+        let tries_left = pin.tries_left;
+        if p1 == proto::P1_VERIFY_RESET {
+            if !data.is_empty() {
+                return Err(Sw(sw::WRONG_LENGTH));
+            }
+            self.pin_verified = false;
+            return Ok(Vec::new());
+        }
+        if data.is_empty() {
+            return match (self.pin_verified, tries_left) {
+                (true, _) => Ok(Vec::new()),
+                (false, 0) => Err(Sw(sw::PIN_BLOCKED)),
+                (false, tries) => Err(Sw(sw::TRIES_LEFT | u16::from(tries))),
+            };
+        }
+        // A value no PIN can have is refused before it counts: the limits are public.
+        if !(len::PIN_MIN..=len::PIN_MAX).contains(&data.len()) {
+            return Err(Sw(sw::WRONG_LENGTH));
+        }
+        self.pin_verified = false;
+        if tries_left == 0 {
+            return Err(Sw(sw::PIN_BLOCKED));
+        }
+        let mut records = self.records.clone();
+        let Some(record) = &mut records.pin else {
+            return Err(Sw(sw::DATA_NOT_FOUND));
+        };
+        record.tries_left = tries_left - 1;
+        self.commit(records)?;
+
+        let Some(record) = &self.records.pin else {
+            return Err(Sw(sw::MEMORY_FAILURE));
+        };
+        if !record.matches(data) {
+            return Err(Sw(sw::TRIES_LEFT | u16::from(record.tries_left)));
+        }
+        let mut records = self.records.clone();
+        if let Some(record) = &mut records.pin {
+            record.tries_left = proto::PIN_TRY_LIMIT;
+        }
+        self.commit(records)?;
+        self.pin_verified = true;
+        Ok(Vec::new())
+    }
+
+    /// PERFORM SECURITY OPERATION: COMPUTE DIGITAL SIGNATURE with the module
+    /// key over a digest the host computed. Response: raw `r ‖ s`.
+    fn compute_signature(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if u16::from_be_bytes([p1, p2]) != proto::PSO_CDS {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        if self.records.lifecycle != Lifecycle::Operating {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        if self.records.pin.is_some() && !self.pin_verified {
+            return Err(Sw(sw::SECURITY_STATUS));
+        }
+        let value = keymem::ecdsa_hash_value(data).ok_or(Sw(sw::WRONG_LENGTH))?;
+        let signature = self.memory.sign_digest(KeySlot::Module, &value)?;
+        Ok(signature.to_bytes().to_vec())
     }
 
     fn commit(&mut self, records: Records) -> Result<(), Sw> {

@@ -53,6 +53,8 @@ pub fn status_meaning(sw: u16) -> &'static str {
         DATA_NOT_FOUND => "referenced data not found",
         INS_NOT_SUPPORTED => "instruction not supported",
         CLA_NOT_SUPPORTED => "class not supported",
+        PIN_BLOCKED => "PIN blocked",
+        0x63C0..=0x63CF => "PIN not verified (tries left in the last digit)",
         _ => "unexpected status",
     }
 }

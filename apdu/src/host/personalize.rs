@@ -3,7 +3,8 @@
 //!
 //! APDUs of a first personalization (5): SELECT, MUTUAL AUTHENTICATE,
 //! EXTERNAL AUTHENTICATE, GENERATE ASYMMETRIC KEY PAIR, PUT DATA (bundle).
-//! A re-personalization adds TERMINATE after the handshake (6).
+//! A re-personalization adds TERMINATE after the handshake (6). An optional
+//! user PIN rides in the bundle, under secure messaging, and adds no APDU.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,10 @@ pub struct PersonalizationOptions {
     pub validity_years: u32,
     /// Who signs the module certificate. `None`: the unit's own key.
     pub issuer: Option<Box<dyn ModuleCertificateIssuer>>,
+    /// The user PIN to set, 4 to 16 bytes, sent only inside the secure
+    /// channel (tag `DF27` of the bundle). `None`: the module key needs no PIN.
+    /// The module stores a salted hash; this buffer is wiped when dropped.
+    pub pin: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl Default for PersonalizationOptions {
@@ -39,6 +44,7 @@ impl Default for PersonalizationOptions {
             variation: b"imprint".to_vec(),
             validity_years: 5,
             issuer: None,
+            pin: None,
         }
     }
 }
@@ -146,6 +152,9 @@ pub enum BundleRejection {
     /// The module certificate names another module.
     #[error("the module certificate names another module")]
     SerialMismatch,
+    /// No instant exists at which every certificate of the bundle is valid.
+    #[error("the certificates of the bundle have no common validity period")]
+    NoCommonValidity,
     /// Local checks pass; the module still refused.
     #[error("the module refused the bundle (6982) for a reason the unit cannot reproduce")]
     Unexplained,
@@ -194,6 +203,9 @@ pub enum PersonalizeError {
     /// The module answered a command with an error status.
     #[error(transparent)]
     Status(#[from] super::Refused),
+    /// The module speaks another version of the command set.
+    #[error("module speaks command-set version {0}; this unit speaks version 1")]
+    UnsupportedVersion(u8),
     /// The module has no identity certificate yet.
     #[error("module is not manufactured yet (state MANUFACTURED): run the manufacturer first")]
     NotManufactured,
@@ -227,6 +239,9 @@ pub enum PersonalizeError {
     /// The OS random generator failed.
     #[error("random generator failure")]
     Random,
+    /// The user PIN in the options is not 4 to 16 bytes long.
+    #[error("the user PIN must be 4 to 16 bytes long")]
+    InvalidPin,
 }
 
 /// What the driver must do next.
@@ -258,7 +273,7 @@ enum State {
 }
 
 struct Handshake {
-    secret: NonZeroScalar,
+    secret: Zeroizing<NonZeroScalar>,
     point: Vec<u8>,
     challenge: [u8; len::CHALLENGE],
 }
@@ -305,6 +320,13 @@ impl<'u> Personalization<'u> {
                 "the variation value (must be 1 to 64 bytes)",
             ));
         }
+        if options
+            .pin
+            .as_ref()
+            .is_some_and(|pin| !(len::PIN_MIN..=len::PIN_MAX).contains(&pin.len()))
+        {
+            return Err(PersonalizeError::InvalidPin);
+        }
         Ok(Self {
             unit,
             options,
@@ -343,8 +365,10 @@ impl<'u> Personalization<'u> {
             State::Open => {
                 let mut randomness = Zeroizing::new([0u8; 48]);
                 getrandom::fill(&mut randomness[..]).map_err(|_| PersonalizeError::Random)?;
-                let secret = derive_scalar(&randomness, &[], b"ephemeral")
-                    .ok_or(PersonalizeError::Random)?;
+                let secret = Zeroizing::new(
+                    derive_scalar(&randomness, &[], b"ephemeral")
+                        .ok_or(PersonalizeError::Random)?,
+                );
                 let point = encode_point(&PublicKey::from_secret_scalar(&secret));
                 let mut challenge = [0u8; len::CHALLENGE];
                 getrandom::fill(&mut challenge).map_err(|_| PersonalizeError::Random)?;
@@ -409,7 +433,8 @@ impl<'u> Personalization<'u> {
             State::AwaitRecord => return Err(PersonalizeError::OutOfOrder),
             State::Install => {
                 let issued = self.issued.as_ref().ok_or(PersonalizeError::OutOfOrder)?;
-                let mut data = Vec::with_capacity(2048);
+                // Wiped after sealing: it may carry the PIN.
+                let mut data = Zeroizing::new(Vec::with_capacity(2048));
                 tlv::write(&mut data, tag::MODULE_CERT, issued.certificate.der());
                 tlv::write(&mut data, tag::UNIT_CERT, self.unit.cert_by_central.der());
                 tlv::write(
@@ -417,6 +442,9 @@ impl<'u> Personalization<'u> {
                     tag::CENTRAL_CERT,
                     self.unit.central_delivery.der(),
                 );
+                if let Some(pin) = &self.options.pin {
+                    tlv::write(&mut data, tag::USER_PIN, pin);
+                }
                 let [p1, p2] = proto::PUT_DATA_TLV.to_be_bytes();
                 self.secured([CLA_SM, ins::PUT_DATA, p1, p2], &data)?
             }
@@ -506,6 +534,12 @@ impl<'u> Personalization<'u> {
         }
         let info =
             SelectInfo::parse(&response.data).ok_or(PersonalizeError::Malformed("SELECT"))?;
+        if info.version != proto::COMMAND_SET_VERSION {
+            return Err(PersonalizeError::UnsupportedVersion(info.version));
+        }
+        // The FCI is not authenticated: it only picks the flow. The serial is
+        // checked against the identity certificate, and the lifecycle by what
+        // the module accepts inside the channel.
         self.lifecycle_before = Some(info.lifecycle);
         if info.lifecycle == Lifecycle::Manufactured {
             return Err(PersonalizeError::NotManufactured);
@@ -560,6 +594,7 @@ impl<'u> Personalization<'u> {
             )));
         }
         pki::verify_issued_by(&identity, &self.unit.manufacturer_root, 0)
+            .and_then(|()| pki::check_not_expired(&identity, unix_now()))
             .map_err(|err| not_authentic(ModuleCheck::IdentityCertificate(err)))?;
         if identity.module_serial() != self.serial.as_deref() {
             return Err(not_authentic(ModuleCheck::SerialMismatch));
@@ -715,6 +750,17 @@ impl<'u> Personalization<'u> {
         }
         if module.module_serial() != self.serial.as_deref() {
             return BundleRejection::SerialMismatch;
+        }
+        let bundle = [
+            module,
+            &unit.cert_by_central,
+            &unit.central_delivery,
+            &unit.cert_by_manufacturer,
+        ];
+        let latest_start = bundle.iter().map(|cert| cert.not_before_unix()).max();
+        let earliest_end = bundle.iter().map(|cert| cert.not_after_unix()).min();
+        if latest_start > earliest_end {
+            return BundleRejection::NoCommonValidity;
         }
         BundleRejection::Unexplained
     }

@@ -1,7 +1,8 @@
 //! A key memory in a directory: one module per directory.
 //!
 //! ```text
-//!  DIR/records.tlv   lifecycle, certificates, watermark      (0600)
+//!  DIR/records.tlv   lifecycle, certificates, watermark,     (0600)
+//!                    user PIN verifier and retry counter
 //!  DIR/identity.key  identity private scalar, 48 bytes       (0600)
 //!  DIR/module.key    module private scalar, 48 bytes         (0600)
 //!  DIR/lock          held (flock) while a process uses the module

@@ -2,8 +2,9 @@
 //!
 //! The applet never holds a long-term private key: it asks the key memory to
 //! generate, use and erase keys by slot. Everything else the module keeps
-//! (lifecycle, certificates, the time watermark) is one [`Records`] value that
-//! the key memory replaces atomically on [`KeyMemory::commit`].
+//! (lifecycle, certificates, the time watermark, the user PIN's verifier and
+//! retry counter) is one [`Records`] value that the key memory replaces
+//! atomically on [`KeyMemory::commit`].
 //!
 //! ```text
 //!  Applet ──generate/sign/erase(slot)──▶ KeyMemory ──▶ file directory | SoftHSM | RAM
@@ -14,8 +15,11 @@ use alloc::vec::Vec;
 
 use p384::PublicKey;
 use p384::ecdsa::Signature;
+use sha2::{Digest, Sha384};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
-use crate::proto::Lifecycle;
+use crate::proto::{Lifecycle, PIN_TRY_LIMIT};
 use crate::tlv;
 
 #[cfg(feature = "std")]
@@ -71,6 +75,64 @@ pub struct Records {
     pub time_watermark: u64,
     /// How many personalizations have completed on this module.
     pub personalizations: u32,
+    /// The user PIN's verifier and retry counter, if a PIN was set at
+    /// personalization. Operational material: erased with the module key.
+    pub pin: Option<PinRecord>,
+}
+
+/// What the module keeps of the user PIN: a salted SHA-384 verifier and the
+/// retry counter (see `docs/protocol.md`, "User PIN").
+///
+/// `Debug` shows the counter only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PinRecord {
+    /// Random salt drawn from the key memory when the PIN was set.
+    pub salt: [u8; PIN_SALT_LEN],
+    /// `SHA-384("imprint v1 user pin" ‖ salt ‖ PIN)`.
+    pub verifier: [u8; 48],
+    /// Wrong presentations left before the PIN is blocked, `0..=PIN_TRY_LIMIT`.
+    pub tries_left: u8,
+}
+
+/// Length of the PIN salt.
+pub const PIN_SALT_LEN: usize = 16;
+
+impl PinRecord {
+    /// The record of a freshly set `pin`, with a full retry counter.
+    pub fn new(salt: [u8; PIN_SALT_LEN], pin: &[u8]) -> Self {
+        Self {
+            salt,
+            verifier: pin_verifier(&salt, pin),
+            tries_left: PIN_TRY_LIMIT,
+        }
+    }
+
+    /// Whether `pin` is the PIN, compared in constant time. Does not touch
+    /// the counter: the caller decrements and commits it first.
+    pub fn matches(&self, pin: &[u8]) -> bool {
+        let mut candidate = pin_verifier(&self.salt, pin);
+        let equal = candidate.ct_eq(&self.verifier).into();
+        candidate.zeroize();
+        equal
+    }
+}
+
+impl core::fmt::Debug for PinRecord {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PinRecord")
+            .field("tries_left", &self.tries_left)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `SHA-384("imprint v1 user pin" ‖ salt ‖ pin)`. Label, salt and a PIN of at
+/// most 16 bytes fit one SHA-384 block, so the time does not depend on the PIN.
+fn pin_verifier(salt: &[u8; PIN_SALT_LEN], pin: &[u8]) -> [u8; 48] {
+    let mut hash = Sha384::new();
+    hash.update(b"imprint v1 user pin");
+    hash.update(salt);
+    hash.update(pin);
+    hash.finalize().into()
 }
 
 mod record_tag {
@@ -83,17 +145,21 @@ mod record_tag {
     pub const CENTRAL: u32 = 0xC6;
     pub const WATERMARK: u32 = 0xC7;
     pub const COUNT: u32 = 0xC8;
+    pub const PIN_VERIFIER: u32 = 0xC9;
+    pub const PIN_TRIES: u32 = 0xCA;
 }
 
 const RECORDS_VERSION: u8 = 1;
 
 impl Records {
     /// Drops everything operational (claim 2): module certificate, central
-    /// anchor, unit certificate. Identity and checking certificates stay.
+    /// anchor, unit certificate, and the user PIN with its retry counter.
+    /// Identity and checking certificates stay.
     pub fn erase_operational(&mut self) {
         self.module_cert = None;
         self.unit_cert = None;
         self.central_cert = None;
+        self.pin = None;
     }
 
     /// Encodes as BER-TLV.
@@ -115,6 +181,13 @@ impl Records {
         }
         tlv::write(&mut out, WATERMARK, &self.time_watermark.to_be_bytes());
         tlv::write(&mut out, COUNT, &self.personalizations.to_be_bytes());
+        if let Some(pin) = &self.pin {
+            let mut verifier = [0u8; PIN_SALT_LEN + 48];
+            verifier[..PIN_SALT_LEN].copy_from_slice(&pin.salt);
+            verifier[PIN_SALT_LEN..].copy_from_slice(&pin.verifier);
+            tlv::write(&mut out, PIN_VERIFIER, &verifier);
+            tlv::write(&mut out, PIN_TRIES, &[pin.tries_left]);
+        }
         out
     }
 
@@ -124,7 +197,17 @@ impl Records {
         let fields = tlv::decode_fields(
             bytes,
             [
-                VERSION, LIFECYCLE, CHECKING, IDENTITY, MODULE, UNIT, CENTRAL, WATERMARK, COUNT,
+                VERSION,
+                LIFECYCLE,
+                CHECKING,
+                IDENTITY,
+                MODULE,
+                UNIT,
+                CENTRAL,
+                WATERMARK,
+                COUNT,
+                PIN_VERIFIER,
+                PIN_TRIES,
             ],
         )
         .map_err(|_| KeyMemoryError::Corrupt)?;
@@ -138,6 +221,8 @@ impl Records {
             central,
             watermark,
             count,
+            pin_verifier,
+            pin_tries,
         ] = fields;
         let corrupt = |_| KeyMemoryError::Corrupt;
         if tlv::required_array::<1>(version, VERSION).map_err(corrupt)? != [RECORDS_VERSION] {
@@ -157,7 +242,49 @@ impl Records {
             personalizations: u32::from_be_bytes(
                 tlv::required_array(count, COUNT).map_err(corrupt)?,
             ),
+            pin: decode_pin(pin_verifier, pin_tries)?,
         })
+    }
+}
+
+/// Brings a digest of 1 to 64 bytes to the 48-byte value that P-384 ECDSA
+/// signs, as FIPS 186-5 (6.4.1) and SEC 1 (4.1.3, step 5) define it: the
+/// leftmost 384 bits (the bit length of the group order) of the digest. A
+/// longer digest (SHA-512) is cut to its first 48 bytes; a shorter one
+/// (SHA-1, SHA-256) is the same integer, so it is padded with zeros on the
+/// left. `None` for an empty or longer digest.
+///
+/// Signing the result gives a signature that verifies against the original
+/// digest in any conforming ECDSA implementation (`CKM_ECDSA`, OpenSSL).
+pub fn ecdsa_hash_value(digest: &[u8]) -> Option<[u8; 48]> {
+    if digest.is_empty() || digest.len() > crate::proto::len::DIGEST_MAX {
+        return None;
+    }
+    let mut value = [0u8; 48];
+    let used = digest.len().min(48);
+    value[48 - used..].copy_from_slice(&digest[..used]);
+    Some(value)
+}
+
+/// The PIN objects come as a pair or not at all; the verifier is salt and hash
+/// (64 bytes), the counter one byte no larger than the try limit.
+fn decode_pin(
+    verifier: Option<&[u8]>,
+    tries: Option<&[u8]>,
+) -> Result<Option<PinRecord>, KeyMemoryError> {
+    match (verifier, tries) {
+        (None, None) => Ok(None),
+        (Some(verifier), Some(&[tries_left])) if tries_left <= PIN_TRY_LIMIT => {
+            let (salt, hash) = verifier
+                .split_at_checked(PIN_SALT_LEN)
+                .ok_or(KeyMemoryError::Corrupt)?;
+            Ok(Some(PinRecord {
+                salt: salt.try_into().map_err(|_| KeyMemoryError::Corrupt)?,
+                verifier: hash.try_into().map_err(|_| KeyMemoryError::Corrupt)?,
+                tries_left,
+            }))
+        }
+        _ => Err(KeyMemoryError::Corrupt),
     }
 }
 
@@ -186,8 +313,10 @@ pub trait KeyMemory {
     /// The public key in `slot`, if a key is there.
     fn public_key(&mut self, slot: KeySlot) -> Result<Option<PublicKey>, KeyMemoryError>;
 
-    /// Signs a SHA-384 digest with the key in `slot` (ECDSA, RFC 6979 hedged
-    /// with fresh randomness where the memory has it).
+    /// Signs a 48-byte hash value with the key in `slot` (ECDSA, RFC 6979
+    /// hedged with fresh randomness where the memory has it). The value is a
+    /// SHA-384 digest, or any other digest brought to 48 bytes by
+    /// [`ecdsa_hash_value`]; it is used as it is, never hashed again.
     fn sign_digest(
         &mut self,
         slot: KeySlot,

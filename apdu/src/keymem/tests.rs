@@ -12,6 +12,7 @@ fn sample() -> Records {
         central_cert: Some(vec![6]),
         time_watermark: 1_800_000_000,
         personalizations: 3,
+        pin: Some(PinRecord::new([9; PIN_SALT_LEN], b"1234")),
     }
 }
 
@@ -51,12 +52,119 @@ fn corrupt_records_are_refused() {
 }
 
 #[test]
+fn records_without_a_pin_encode_as_before() {
+    let mut records = sample();
+    records.pin = None;
+    let encoded = records.encode();
+    assert!(!encoded.windows(2).any(|w| w == [0xC9, 0x40]));
+    assert_eq!(Records::decode(&encoded), Ok(records));
+}
+
+#[test]
+fn pin_objects_decode_strictly() {
+    let mut records = sample();
+    records.pin = None;
+    let base = records.encode();
+    let verifier = tlv::encode(0xC9, &[7; 64]);
+    let tries = |n: u8| tlv::encode(0xCA, &[n]);
+    let with = |parts: &[&[u8]]| {
+        let mut bytes = base.clone();
+        for part in parts {
+            bytes.extend_from_slice(part);
+        }
+        bytes
+    };
+    let good = Records::decode(&with(&[&verifier, &tries(2)])).unwrap();
+    assert_eq!(good.pin.as_ref().map(|pin| pin.tries_left), Some(2));
+    assert_eq!(good.pin.as_ref().map(|pin| pin.salt), Some([7; 16]));
+    // Either order, but never one without the other, a wrong length, or more
+    // tries than the limit.
+    assert!(Records::decode(&with(&[&tries(0), &verifier])).is_ok());
+    for bad in [
+        with(&[&verifier]),
+        with(&[&tries(1)]),
+        with(&[&tlv::encode(0xC9, &[7; 63]), &tries(1)]),
+        with(&[&tlv::encode(0xC9, &[7; 65]), &tries(1)]),
+        with(&[&verifier, &tlv::encode(0xCA, &[1, 1])]),
+        with(&[&verifier, &tlv::encode(0xCA, &[])]),
+        with(&[&verifier, &tries(crate::proto::PIN_TRY_LIMIT + 1)]),
+        with(&[&verifier, &tries(1), &tries(1)]),
+    ] {
+        assert_eq!(Records::decode(&bad), Err(KeyMemoryError::Corrupt));
+    }
+}
+
+#[test]
+fn pin_verifier_is_salted_and_compares_whole_pins() {
+    let record = PinRecord::new([1; PIN_SALT_LEN], b"123456");
+    assert_eq!(record.tries_left, crate::proto::PIN_TRY_LIMIT);
+    assert!(record.matches(b"123456"));
+    for wrong in [&b"12345"[..], b"1234567", b"123457", b"", b"123456\0"] {
+        assert!(!record.matches(wrong), "{wrong:?}");
+    }
+    let other_salt = PinRecord::new([2; PIN_SALT_LEN], b"123456");
+    assert_ne!(record.verifier, other_salt.verifier);
+    // The documented construction.
+    let mut hash = Sha384::new();
+    hash.update(b"imprint v1 user pin");
+    hash.update([1; PIN_SALT_LEN]);
+    hash.update(b"123456");
+    assert_eq!(record.verifier, <[u8; 48]>::from(hash.finalize()));
+    // The test vector of docs/protocol.md, section 13.
+    assert_eq!(
+        PinRecord::new([6; PIN_SALT_LEN], b"1234").verifier[..],
+        [
+            0x85, 0x8c, 0x6c, 0x65, 0x34, 0xcc, 0xd1, 0xf4, 0xc1, 0x4a, 0x92, 0xa2, 0x31, 0x9a,
+            0x3f, 0x21, 0x3d, 0xaa, 0xdb, 0x73, 0x58, 0x22, 0x1e, 0x73, 0x2d, 0x24, 0x10, 0x54,
+            0x46, 0xb8, 0xad, 0xde, 0xe3, 0xcb, 0x25, 0x81, 0x00, 0xa8, 0xda, 0x85, 0x23, 0x66,
+            0xdb, 0x93, 0x1b, 0x37, 0x6d, 0x26,
+        ]
+    );
+    // Debug output does not show the verifier.
+    assert!(!alloc::format!("{record:?}").contains("verifier"));
+}
+
+#[test]
+fn digests_are_brought_to_the_p384_hash_value_as_ecdsa_defines() {
+    assert_eq!(ecdsa_hash_value(&[]), None);
+    assert_eq!(ecdsa_hash_value(&[0; 65]), None);
+    let short = ecdsa_hash_value(&[0xAB; 20]).unwrap();
+    assert_eq!(short[..28], [0; 28]);
+    assert_eq!(short[28..], [0xAB; 20]);
+    let one = ecdsa_hash_value(&[5]).unwrap();
+    assert_eq!(one[47], 5);
+    assert_eq!(one[..47], [0; 47]);
+    let exact: [u8; 48] = core::array::from_fn(|i| i as u8);
+    assert_eq!(ecdsa_hash_value(&exact), Some(exact));
+    let long: [u8; 64] = core::array::from_fn(|i| i as u8);
+    assert_eq!(ecdsa_hash_value(&long).unwrap()[..], long[..48]);
+}
+
+#[test]
+fn signatures_over_hash_values_verify_against_the_original_digests() {
+    use p384::ecdsa::VerifyingKey;
+    use p384::ecdsa::signature::hazmat::PrehashVerifier;
+    let mut memory = MemoryKeyMemory::new([8; 48]);
+    let public = VerifyingKey::from(&memory.generate(KeySlot::Module, b"v").unwrap());
+    for len in [1usize, 20, 32, 47, 48, 49, 64] {
+        let digest: alloc::vec::Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+        let value = ecdsa_hash_value(&digest).unwrap();
+        let signature = memory.sign_digest(KeySlot::Module, &value).unwrap();
+        // The ECDSA library applies the standard's conversion itself.
+        public
+            .verify_prehash(&digest, &signature)
+            .unwrap_or_else(|_| panic!("digest of {len} bytes"));
+    }
+}
+
+#[test]
 fn erase_operational_keeps_identity_and_checking_certificates() {
     let mut records = sample();
     records.erase_operational();
     assert_eq!(records.module_cert, None);
     assert_eq!(records.unit_cert, None);
     assert_eq!(records.central_cert, None);
+    assert_eq!(records.pin, None);
     assert!(records.identity_cert.is_some() && records.checking_cert.is_some());
 }
 

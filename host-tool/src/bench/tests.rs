@@ -51,3 +51,68 @@ fn measures_our_stack() {
     assert!(sign > 0.0 && sign.is_finite());
     assert!(verify > 0.0 && verify.is_finite());
 }
+
+fn ms(values: &[u64]) -> Vec<Duration> {
+    values.iter().map(|&v| Duration::from_millis(v)).collect()
+}
+
+#[test]
+fn timings_of_a_sample() {
+    assert_eq!(Timings::of(&[]), None);
+    let one = Timings::of(&ms(&[7])).expect("one sample");
+    assert_eq!(
+        (one.count, one.median, one.p90, one.min, one.max),
+        (1, ms(&[7])[0], ms(&[7])[0], ms(&[7])[0], ms(&[7])[0])
+    );
+    // Ten values 1..=10 in any order: median 5.5, p90 the 9th value.
+    let t = Timings::of(&ms(&[10, 3, 1, 9, 2, 8, 4, 7, 5, 6])).expect("ten samples");
+    assert_eq!(t.count, 10);
+    assert_eq!(t.median, Duration::from_micros(5500));
+    assert_eq!(t.p90, Duration::from_millis(9));
+    assert_eq!(
+        (t.min, t.max),
+        (Duration::from_millis(1), Duration::from_millis(10))
+    );
+    // Eleven values: p90 is the 10th (nearest rank: ceil(0.9 × 11) = 10).
+    let t = Timings::of(&ms(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])).expect("eleven");
+    assert_eq!(t.median, Duration::from_millis(6));
+    assert_eq!(t.p90, Duration::from_millis(10));
+}
+
+#[test]
+fn floor_adds_round_trips_and_crypto() {
+    let rates = P384Rates {
+        sign_per_s: 1000.0,
+        verify_per_s: 500.0,
+        ecdh_per_s: 250.0,
+        keygen_per_s: 2000.0,
+    };
+    // 4 × 1 ms + 9 × 2 ms + 2 × 4 ms + 3 × 0.5 ms = 31.5 ms.
+    let crypto = PERSONALIZATION_OPS.time_at(&rates);
+    assert_eq!(crypto, Duration::from_micros(31_500));
+    assert_eq!(
+        floor(6, Duration::from_micros(100), crypto),
+        Duration::from_micros(32_100)
+    );
+    let none = P384Ops {
+        sign: 0,
+        verify: 0,
+        ecdh: 0,
+        keygen: 0,
+    };
+    assert_eq!(none.time_at(&rates), Duration::ZERO);
+    let broken = P384Rates {
+        sign_per_s: 0.0,
+        ..rates
+    };
+    assert_eq!(PERSONALIZATION_OPS.time_at(&broken), Duration::MAX);
+    assert_eq!(floor(6, Duration::MAX, crypto), Duration::MAX);
+}
+
+#[test]
+fn measures_key_agreement_and_generation() {
+    let ecdh = ecdh_rate(Duration::from_millis(20)).expect("ECDH rate");
+    let keygen = keygen_rate(Duration::from_millis(20)).expect("keygen rate");
+    assert!(ecdh > 0.0 && ecdh.is_finite());
+    assert!(keygen > 0.0 && keygen.is_finite());
+}

@@ -287,6 +287,7 @@ fn options(variation: String) -> PersonalizationOptions {
         variation: variation.into_bytes(),
         validity_years: MODULE_YEARS,
         issuer: None,
+        ..Default::default()
     }
 }
 

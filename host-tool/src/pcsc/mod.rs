@@ -24,7 +24,8 @@
 //! the reader reports the card absent within a short grace period: drivers
 //! report a card pulled mid-exchange that way before pcscd notices. Other
 //! PC/SC errors travel as [`TransportError::Io`] around a
-//! [`HostError::Pcsc`].
+//! [`HostError::Pcsc`]. A card that vanishes during the probe fails the
+//! connection with [`HostError::NoCard`] (not a fall-back to short APDUs).
 //!
 //! [`ReaderWatch`] follows one reader's card insertions and removals with
 //! `SCardGetStatusChange` for the station.
@@ -267,10 +268,17 @@ impl PcscTransport {
                 }
                 Ok(LengthMode::Extended)
             }
+            // A card that vanishes during the probe gets the same empty
+            // answer or communication error as an exchange the reader
+            // refuses: tell them apart as `transmit` does.
+            Ok(_) if self.card_left() => Err(HostError::NoCard(self.reader.clone())),
             Ok(_) => Ok(LengthMode::Short(ShortReason::ReaderRefused(
                 pcsc::Error::InvalidValue,
             ))),
             Err(err) if card_gone(err) => Err(HostError::NoCard(self.reader.clone())),
+            Err(err) if maybe_gone(err) && self.card_left() => {
+                Err(HostError::NoCard(self.reader.clone()))
+            }
             Err(err @ (pcsc::Error::NoService | pcsc::Error::ServiceStopped)) => {
                 Err(HostError::PcscService(err))
             }

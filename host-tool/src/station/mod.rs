@@ -581,6 +581,7 @@ fn handle_card<R: CardReader>(reader: &mut R, shared: &Shared<'_, '_>) {
             let mut link = CardLink::new(Observed {
                 inner: card,
                 tracker: &tracker,
+                wire: R::exchanged,
             });
             let conclusion = examine_and_personalize(&mut link, &tracker, shared);
             let card = link.into_transport().inner;
@@ -667,6 +668,7 @@ fn examine_and_personalize<T: Transport>(
         variation,
         validity_years: config.validity_years,
         issuer: None,
+        ..Default::default()
     };
     let mut journal = CardJournal {
         journal: config.journal,
@@ -768,12 +770,20 @@ impl<'a> Tracker<'a> {
 struct Observed<'t, 'a, T> {
     inner: T,
     tracker: &'t Tracker<'a>,
+    /// APDUs on the wire, where the connection knows ([`CardReader::exchanged`]):
+    /// the count is corrected after each exchange, so that progress counts
+    /// the probe and not the SELECTs answered from it.
+    wire: fn(&T) -> Option<u32>,
 }
 
 impl<T: Transport> Transport for Observed<'_, '_, T> {
     fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
         self.tracker.on_command(command);
-        self.inner.transmit(command)
+        let result = self.inner.transmit(command);
+        if let Some(apdus) = (self.wire)(&self.inner) {
+            self.tracker.apdus.set(apdus);
+        }
+        result
     }
 
     fn supports_extended_length(&self) -> bool {

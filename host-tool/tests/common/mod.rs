@@ -17,6 +17,12 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use imprint_apdu::Lifecycle;
+use imprint_apdu::channel::encode_point;
+use imprint_apdu::keymem::file::FileKeyMemory;
+use imprint_apdu::keymem::{KeyMemory, KeySlot, Records};
+use imprint_apdu::pki::{self, Certificate};
+
 pub const PCSCD_SOCKET: &str = "/run/pcscd/pcscd.comm";
 pub const PCSCD_PID_FILE: &str = "/run/pcscd/pcscd.pid";
 /// The first vpcd reader's port; reader `n` listens on `BASE_PORT + n`.
@@ -269,4 +275,77 @@ pub fn unique() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- module directories
+
+/// Copies the module directory `from` to `to` (created), recursively, without
+/// the `lock` file: a copy is a module of its own, with the same keys and records.
+pub fn copy_module_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|err| panic!("creating {}: {err}", to.display()));
+    for entry in std::fs::read_dir(from).expect("read the module directory") {
+        let entry = entry.expect("directory entry");
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_name() == "lock" {
+            continue;
+        }
+        if entry.file_type().expect("file type").is_dir() {
+            copy_module_dir(&source, &target);
+        } else {
+            std::fs::copy(&source, &target)
+                .unwrap_or_else(|err| panic!("copying {}: {err}", source.display()));
+        }
+    }
+}
+
+/// After a torn connection (or any run), with no process holding the module:
+/// its records are PERSONALIZATION with no operational certificate, or
+/// OPERATING with a module certificate that chains through the unit's
+/// certificate to `central_root` and certifies the key in `module.key`.
+/// Returns the records.
+pub fn assert_consistent(dir: &Path, central_root: &Certificate) -> Records {
+    let mut memory = FileKeyMemory::open(dir)
+        .unwrap_or_else(|err| panic!("opening the module {}: {err}", dir.display()));
+    let records = memory.load().expect("the module's records load");
+    match records.lifecycle {
+        Lifecycle::Personalization => {
+            assert_eq!(
+                records.module_cert, None,
+                "PERSONALIZATION: no module certificate"
+            );
+            assert_eq!(
+                records.unit_cert, None,
+                "PERSONALIZATION: no unit certificate"
+            );
+            assert_eq!(
+                records.central_cert, None,
+                "PERSONALIZATION: no central anchor"
+            );
+        }
+        Lifecycle::Operating => {
+            let der = |cert: &Option<Vec<u8>>, what: &str| {
+                Certificate::from_der(
+                    cert.as_deref()
+                        .unwrap_or_else(|| panic!("OPERATING without a {what}")),
+                )
+                .unwrap_or_else(|err| panic!("the {what} does not parse: {err}"))
+            };
+            let module = der(&records.module_cert, "module certificate");
+            let unit = der(&records.unit_cert, "unit certificate");
+            der(&records.central_cert, "central anchor");
+            pki::verify_issued_by(&module, &unit, 0).expect("module certificate by the unit");
+            pki::verify_issued_by(&unit, central_root, 1).expect("unit certificate by central");
+            let key = memory
+                .public_key(KeySlot::Module)
+                .expect("module.key reads")
+                .expect("OPERATING with a module key");
+            assert_eq!(
+                module.public_key_sec1(),
+                encode_point(&key),
+                "the module certificate certifies the key in module.key"
+            );
+        }
+        Lifecycle::Manufactured => panic!("the module fell back to MANUFACTURED"),
+    }
+    records
 }
