@@ -227,3 +227,29 @@ pub fn read_certificate(path: &Path) -> Result<Certificate, CentralError> {
         source,
     })
 }
+
+/// Output of the command-line tools.
+pub mod console {
+    /// Ends the program after a failed write to standard output: quietly
+    /// (status 0) when the reader went away (`imprint … | head`), with status 1
+    /// and a message otherwise.
+    pub fn stdout_failed(err: &std::io::Error) -> ! {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {err}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` for the command-line tools: a closed standard output ends the
+/// program through [`console::stdout_failed`] instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::console::stdout_failed(&err);
+        }
+    }};
+}

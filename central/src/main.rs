@@ -19,25 +19,7 @@ use imprint_central::{
     CentralAuthority, DEFAULT_COMMON_NAME, DEFAULT_PERSONALIZER_YEARS, DEFAULT_ROOT_YEARS, display,
 };
 
-/// `println!` that ends the program quietly when standard output is closed
-/// (`imprint … | head`) instead of panicking, and with status 1 on other
-/// write errors.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(err) = writeln!(std::io::stdout().lock(), $($arg)*) {
-            stdout_failed(&err);
-        }
-    }};
-}
-
-fn stdout_failed(err: &std::io::Error) -> ! {
-    if err.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
-    }
-    eprintln!("error: cannot write to standard output: {err}");
-    std::process::exit(1);
-}
+use imprint_central::out;
 
 /// The central system of Imprint: the root key of the operational PKI.
 ///

@@ -45,25 +45,7 @@ use imprint_host::station::{
 };
 use imprint_host::{HostError, bench, demo, module, pcsc};
 
-/// `println!` that ends the program quietly when standard output is closed
-/// (`imprint … | head`) instead of panicking, and with status 1 on other
-/// write errors.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(err) = writeln!(std::io::stdout().lock(), $($arg)*) {
-            stdout_failed(&err);
-        }
-    }};
-}
-
-fn stdout_failed(err: &std::io::Error) -> ! {
-    if err.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
-    }
-    eprintln!("error: cannot write to standard output: {err}");
-    std::process::exit(1);
-}
+use imprint_central::out;
 
 const AFTER_HELP: &str = "\
 Step by step (each role in its own directory):
