@@ -253,7 +253,7 @@ fn the_card_survives_a_pcscd_restart() {
     let pid = pid.trim_matches(|c: char| c == '\0' || c.is_whitespace());
     let status = Command::new("kill").arg(pid).status().expect("kill pcscd");
     assert!(status.success());
-    wait_until(WAIT, "pcscd to stop", || !Path::new(PCSCD_SOCKET).exists());
+    wait_until(WAIT, "pcscd to stop", || !pcscd_alive());
     wait_until(WAIT, "the card to notice", || {
         card.log().contains("disconnected")
     });

@@ -119,7 +119,7 @@ pub fn pcsc_stack() -> Option<()> {
     if !Path::new("/usr/lib/pcsc/drivers/serial/libifdvpcd.so").exists() {
         return skip("the vpcd reader driver is not installed (Debian: vsmartcard-vpcd)");
     }
-    if !Path::new(PCSCD_SOCKET).exists() {
+    if !pcscd_alive() {
         if !is_root() {
             return skip("pcscd is not running, and only root may start it");
         }
@@ -128,11 +128,24 @@ pub fn pcsc_stack() -> Option<()> {
     Some(())
 }
 
+/// Whether a pcscd answers on its socket (a socket file left by a pcscd that
+/// died does not count).
+pub fn pcscd_alive() -> bool {
+    std::os::unix::net::UnixStream::connect(PCSCD_SOCKET).is_ok()
+}
+
 /// Starts `pcscd -f` in its own process group (it outlives the tests: one
 /// pcscd serves the whole machine) and waits for its socket. A thread reaps
 /// it should it exit while the tests run.
 pub fn start_pcscd() {
-    let mut pcscd = Command::new(find_program("pcscd").expect("pcscd is installed"))
+    // A socket left by a pcscd that died would make the new one's clients wait.
+    if !pcscd_alive() {
+        let _ = std::fs::remove_file(PCSCD_SOCKET);
+    }
+    // In a session of its own (setsid): one pcscd serves the machine and must
+    // outlive this test process and its process group.
+    let mut pcscd = Command::new("setsid")
+        .arg(find_program("pcscd").expect("pcscd is installed"))
         .arg("-f")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -141,7 +154,7 @@ pub fn start_pcscd() {
         .spawn()
         .expect("starting pcscd -f");
     thread::spawn(move || pcscd.wait());
-    wait_until(WAIT, "pcscd's socket", || Path::new(PCSCD_SOCKET).exists());
+    wait_until(WAIT, "pcscd's socket", pcscd_alive);
 }
 
 pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {

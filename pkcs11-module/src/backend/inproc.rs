@@ -1,0 +1,150 @@
+//! The applet in this process, over a key memory: the module is the
+//! provider's own code, and the key memory its secure storage.
+//!
+//! ```text
+//!  InProcessDevice<S> ──connect──▶ S::open() ─▶ Applet<S::Memory> ─▶ InProcessTransport
+//!   (S: KeyMemorySource)            e.g. FileKeyMemory::open(dir): locked while connected
+//! ```
+//!
+//! Connecting is powering the module on: the applet starts with nothing
+//! selected and the PIN not verified. Dropping the connection powers it off
+//! and releases the key memory (a file module's directory lock), so the host
+//! tool can re-personalize the module between two uses.
+//!
+//! Another key memory (the SoftHSM one) plugs in by implementing
+//! [`KeyMemorySource`]; `InProcessDevice::new(source)` is then its slot.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use imprint_apdu::Applet;
+use imprint_apdu::host::{InProcessTransport, Transport};
+use imprint_apdu::keymem::KeyMemory;
+use imprint_apdu::keymem::file::FileKeyMemory;
+
+use super::{BackendError, Connection, Device, Presence, SlotDescription};
+use crate::error::Error;
+
+/// Opens the key memory of an in-process module.
+pub trait KeyMemorySource: Send {
+    /// The key memory.
+    type Memory: KeyMemory + Send + 'static;
+
+    /// The slot's description (`slotDescription`).
+    fn description(&self) -> String;
+
+    /// Whether the module's storage exists (no side effects).
+    fn present(&self) -> bool;
+
+    /// Opens the key memory for one connection. [`BackendError::Busy`] while
+    /// another process uses it.
+    fn open(&self) -> Result<Self::Memory, BackendError>;
+}
+
+/// A module directory ([`FileKeyMemory`]), as the host tool's `--module DIR`.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    dir: PathBuf,
+}
+
+impl FileSource {
+    /// The module in `dir`.
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        Self {
+            dir: dir.as_ref().to_path_buf(),
+        }
+    }
+}
+
+impl KeyMemorySource for FileSource {
+    type Memory = FileKeyMemory;
+
+    fn description(&self) -> String {
+        let name = self
+            .dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("Imprint file module {name}")
+    }
+
+    fn present(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    fn open(&self) -> Result<FileKeyMemory, BackendError> {
+        // `FileKeyMemory::open` would create a missing directory: a slot
+        // whose directory is gone is empty instead.
+        if !self.present() {
+            return Err(BackendError::NotPresent);
+        }
+        FileKeyMemory::open(&self.dir).map_err(|err| match err.kind() {
+            ErrorKind::WouldBlock => BackendError::Busy,
+            _ => BackendError::Io(err),
+        })
+    }
+}
+
+/// A slot whose module is the applet in this process.
+pub struct InProcessDevice<S: KeyMemorySource> {
+    source: S,
+    last_present: bool,
+    events: u32,
+}
+
+impl<S: KeyMemorySource> InProcessDevice<S> {
+    /// The slot of the module whose key memory `source` opens.
+    pub fn new(source: S) -> Self {
+        let last_present = source.present();
+        Self {
+            source,
+            last_present,
+            events: 0,
+        }
+    }
+}
+
+impl<S: KeyMemorySource> Device for InProcessDevice<S> {
+    fn describe(&self) -> SlotDescription {
+        SlotDescription {
+            description: self.source.description(),
+            manufacturer: "Imprint".into(),
+            removable: true,
+            hardware: false,
+        }
+    }
+
+    fn presence(&mut self) -> Presence {
+        let present = self.source.present();
+        if present != self.last_present {
+            self.last_present = present;
+            self.events = self.events.wrapping_add(1);
+        }
+        Presence {
+            present,
+            events: self.events,
+        }
+    }
+
+    fn connect(&mut self) -> Result<Box<dyn Connection>, BackendError> {
+        let memory = self.source.open()?;
+        let applet = Applet::new(memory)?;
+        Ok(Box::new(InProcessConnection {
+            transport: InProcessTransport::new(applet),
+        }))
+    }
+}
+
+/// A powered in-process module.
+struct InProcessConnection<K: KeyMemory> {
+    transport: InProcessTransport<K>,
+}
+
+impl<K: KeyMemory + Send> Connection for InProcessConnection<K> {
+    fn exchange(
+        &mut self,
+        exchange: &mut dyn FnMut(&mut dyn Transport) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        exchange(&mut self.transport)
+    }
+}
