@@ -117,8 +117,12 @@ fn openssl_verifies_module_chain_to_central_root() {
         return;
     }
     let chain = Chain::new();
+    // `-purpose sslclient` is what a TLS server checks on a client's chain: every certificate
+    // with an extendedKeyUsage must include clientAuth.
     let output = chain.openssl(&[
         "verify",
+        "-purpose",
+        "sslclient",
         "-CAfile",
         "central.pem",
         "-untrusted",

@@ -96,6 +96,20 @@ pub enum HostError {
     /// The module directory does not exist.
     #[error("no module at {path} (a module is created by `imprint manufacturer manufacture`)", path = .0.display())]
     NoModule(PathBuf),
+    /// No SoftHSM library was found.
+    #[error(
+        "no SoftHSM library found (install softhsm2, or set IMPRINT_SOFTHSM_LIB to libsofthsm2.so)"
+    )]
+    NoSoftHsmLibrary,
+    /// A module's SoftHSM token could not be opened.
+    #[error("cannot open the SoftHSM token {label:?}")]
+    SoftHsm {
+        /// The token's label.
+        label: String,
+        /// Why.
+        #[source]
+        source: imprint_pkcs11::softhsm::SoftHsmError,
+    },
     /// The module's key memory could not be loaded.
     #[error("cannot load the module's key memory in {path}", path = .path.display())]
     KeyMemory {

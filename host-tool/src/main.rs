@@ -14,8 +14,9 @@
 //!  imprint readers;  imprint station ─▶ every card inserted into the readers, once each
 //! ```
 //!
-//! Module commands take `--module DIR` (a file-backed module in this process)
-//! or `--reader NAME` (a card behind pcscd), exactly one of the two.
+//! Module commands take `--module DIR` (a file-backed module in this process),
+//! `--module softhsm:LABEL` (a module in this process over the SoftHSM token
+//! LABEL) or `--reader NAME` (a card behind pcscd), exactly one of the two.
 
 #![forbid(unsafe_code)]
 
@@ -59,6 +60,10 @@ Step by step (each role in its own directory):
   imprint manufacturer manufacture --dir M --module MOD
   imprint personalize --personalizer P --module MOD
   imprint module status --module MOD
+
+A module over a SoftHSM token (SOFTHSM2_CONF set; the token's user PIN in a file):
+  imprint manufacturer manufacture --dir M --module softhsm:LABEL --softhsm-pin-file PIN
+  imprint personalize --personalizer P --module softhsm:LABEL --softhsm-pin-file PIN
 
 Cards in PC/SC readers: `--reader NAME` instead of `--module DIR`.
   imprint readers
@@ -130,14 +135,22 @@ enum Command {
     Bench(BenchCommand),
 }
 
-/// Where the module is: `--module DIR` or `--reader NAME`.
+/// Where the module is: `--module DIR`, `--module softhsm:LABEL` or `--reader NAME`.
 #[derive(Args)]
 #[group(skip)]
 #[command(group(ArgGroup::new("target").required(true).multiple(false).args(["module", "reader"])))]
 struct TargetArgs {
-    /// The module: its key-memory directory (a file-backed module run in this process).
+    /// The module: its key-memory directory (a file-backed module run in this
+    /// process), or `softhsm:LABEL` for a module run in this process over the
+    /// SoftHSM token labelled LABEL (write `./softhsm:…` for a directory of
+    /// that name).
     #[arg(long, value_name = "DIR")]
     module: Option<PathBuf>,
+    /// With --module softhsm:LABEL: the file holding the token's SoftHSM user
+    /// PIN (one trailing newline ignored). The library is found in the usual
+    /// places or named by IMPRINT_SOFTHSM_LIB; SOFTHSM2_CONF names the tokens.
+    #[arg(long, value_name = "FILE", env = "IMPRINT_SOFTHSM_PIN_FILE")]
+    softhsm_pin_file: Option<PathBuf>,
     /// The card in this PC/SC reader (as `imprint readers` names it).
     #[arg(long, value_name = "NAME")]
     reader: Option<String>,
@@ -150,7 +163,14 @@ struct TargetArgs {
 /// A module to work on, from [`TargetArgs`].
 enum Target {
     Module(PathBuf),
-    Reader { name: String, short_apdus: bool },
+    SoftHsm {
+        label: String,
+        pin_file: Option<PathBuf>,
+    },
+    Reader {
+        name: String,
+        short_apdus: bool,
+    },
 }
 
 impl From<TargetArgs> for Target {
@@ -160,7 +180,16 @@ impl From<TargetArgs> for Target {
                 name,
                 short_apdus: args.short_apdus,
             },
-            (Some(dir), None) => Self::Module(dir),
+            (Some(dir), None) => match dir
+                .to_str()
+                .and_then(|text| text.strip_prefix(module::SOFTHSM_PREFIX))
+            {
+                Some(label) => Self::SoftHsm {
+                    label: label.to_owned(),
+                    pin_file: args.softhsm_pin_file,
+                },
+                None => Self::Module(dir),
+            },
             // clap's group requires one of the two.
             (None, None) => Self::Module(PathBuf::from(".")),
         }
@@ -171,6 +200,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Module(dir) => write!(f, "the module in {}", dir.display()),
+            Self::SoftHsm { label, .. } => write!(f, "the module on SoftHSM token {label:?}"),
             Self::Reader { name, .. } => write!(f, "the card in reader {name:?}"),
         }
     }
@@ -186,6 +216,18 @@ impl Target {
     ) -> anyhow::Result<CardLink<AnyTransport>> {
         let transport = match self {
             Self::Module(dir) => AnyTransport::File(module::open(dir, create)?.into_transport()),
+            Self::SoftHsm { label, pin_file } => {
+                let pin_file = pin_file.as_deref().ok_or_else(|| {
+                    anyhow!(
+                        "--module softhsm:{label} needs --softhsm-pin-file FILE (or IMPRINT_SOFTHSM_PIN_FILE)"
+                    )
+                })?;
+                AnyTransport::SoftHsm(
+                    module::open_softhsm(label, pin_file)
+                        .with_context(|| format!("opening {self}"))?
+                        .into_transport(),
+                )
+            }
             Self::Reader { name, short_apdus } => AnyTransport::Reader(
                 PcscTransport::open(name, options.short_apdus(*short_apdus))
                     .with_context(|| format!("opening {self}"))?,
@@ -299,6 +341,11 @@ struct PersonalizeArgs {
     /// Lifetime of the module certificate in years (within the unit's).
     #[arg(long, default_value_t = 5, value_parser = years())]
     years: u32,
+    /// Give the module a user PIN (what PKCS#11 `C_Login` checks): the
+    /// contents of FILE, 4 to 16 bytes, one trailing newline ignored.
+    /// Without it the module has no PIN.
+    #[arg(long, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -652,6 +699,13 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
             bytes
         }
     };
+    let pin = match &args.pin_file {
+        Some(path) => Some(
+            imprint_pkcs11::softhsm::read_pin_file(path)
+                .with_context(|| format!("reading the PIN file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let unit = open_unit(&args.personalizer)?;
     let journal_path = roles::journal_path(&args.personalizer);
     let mut journal = SqliteJournal::open(&journal_path)?;
@@ -661,7 +715,7 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
         variation,
         validity_years: args.years,
         issuer: None,
-        ..Default::default()
+        pin,
     };
     let report = personalize(&mut link, &mut journal, &unit, options)
         .with_context(|| format!("personalizing {target}"))?;
@@ -699,7 +753,7 @@ fn run_module(command: ModuleCommand) -> anyhow::Result<()> {
             // A file-backed module reloads from its directory (a power-up);
             // a card is read on the same connection.
             let status = match &target {
-                Target::Module(_) => {
+                Target::Module(_) | Target::SoftHsm { .. } => {
                     drop(link);
                     target.status()?
                 }

@@ -14,6 +14,13 @@
 //! [[module]]
 //! kind = "file"
 //! path = "/var/lib/imprint/module1"
+//!
+//! # A SoftHSM token as the key memory (SOFTHSM2_CONF must be set).
+//! [[module]]
+//! kind = "softhsm"
+//! token_label = "imprint module"
+//! pin_file = "/etc/imprint/softhsm-pin"
+//! library = "/usr/lib/softhsm/libsofthsm2.so"   # absent: the usual places
 //! ```
 //!
 //! A file without a `[card]` table has no card slots. Unknown keys are errors.
@@ -82,6 +89,20 @@ pub enum ModuleConfig {
     File {
         /// The module directory.
         path: PathBuf,
+    },
+    /// A SoftHSM token (`crate::softhsm::SoftHsmKeyMemory`). SoftHSM finds
+    /// its tokens through the `SOFTHSM2_CONF` environment variable of the
+    /// application's process, read once when the library is initialized.
+    Softhsm {
+        /// The PKCS#11 library; absent: [`crate::softhsm::find_library`].
+        library: Option<PathBuf>,
+        /// The token's label.
+        token_label: String,
+        /// A file holding the token's SoftHSM user PIN (one trailing newline
+        /// is ignored). Never inline: this configuration is read by every
+        /// application that loads the provider and is usually world-readable,
+        /// while the PIN file can be readable by the service's user only.
+        pin_file: PathBuf,
     },
 }
 

@@ -1,7 +1,8 @@
 //! Imprint PKI: the strict X.509 certificate profile shared by security modules and host tools.
 //!
 //! Every certificate is X.509 v3, DER, ECDSA P-384 with SHA-384. A certificate's [`Role`] is
-//! carried by an extendedKeyUsage purpose under the Imprint OID arc (see [`oid`]), and the
+//! carried by an extendedKeyUsage purpose under the Imprint OID arc (see [`oid`]; the standard
+//! TLS purposes some roles carry beside it are fixed by [`Role::purposes`]), and the
 //! remaining extensions must match that role's profile exactly:
 //!
 //! | Role              | issuer                                 | cA    | pathLen | keyUsage (critical)                          |
@@ -96,7 +97,14 @@ pub mod oid {
     pub const KP_MODULE: ObjectIdentifier =
         ObjectIdentifier::new_unwrap("1.3.6.1.4.1.32473.73.2.5");
 
-    /// `id-kp-clientAuth` (RFC 5280).
+    /// `id-kp-serverAuth` (RFC 5280): on the central root and central delivery certificates,
+    /// so that TLS stacks accept them above the central system's TLS server certificate.
+    pub const KP_SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+
+    /// `id-kp-clientAuth` (RFC 5280): on module key certificates, and on the CA certificates
+    /// above them (personalizer, central root, central delivery), because TLS stacks such as
+    /// OpenSSL require every certificate of a client chain that has an extendedKeyUsage to
+    /// include clientAuth.
     pub const KP_CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
 
     /// `id-ecPublicKey` (RFC 5480).
@@ -190,11 +198,18 @@ impl Role {
     }
 
     /// The exact extendedKeyUsage purposes this role's certificates carry, in issuing order.
+    ///
+    /// Besides the role's Imprint purpose, which alone decides the role, the certificates on a
+    /// module's TLS client chain carry `id-kp-clientAuth` (OpenSSL's `sslclient` purpose check
+    /// requires it of every certificate in the chain that has an extendedKeyUsage), and the
+    /// central system's certificates also carry `id-kp-serverAuth` (for its TLS server chain).
     pub const fn purposes(self) -> &'static [ObjectIdentifier] {
         match self {
             Role::Manufacturer => &[oid::KP_MANUFACTURER],
-            Role::Central | Role::CentralDelivery => &[oid::KP_CENTRAL],
-            Role::Personalizer => &[oid::KP_PERSONALIZER],
+            Role::Central | Role::CentralDelivery => {
+                &[oid::KP_SERVER_AUTH, oid::KP_CLIENT_AUTH, oid::KP_CENTRAL]
+            }
+            Role::Personalizer => &[oid::KP_CLIENT_AUTH, oid::KP_PERSONALIZER],
             Role::ModuleIdentity => &[oid::KP_MODULE_IDENTITY],
             Role::ModuleKey => &[oid::KP_CLIENT_AUTH, oid::KP_MODULE],
         }
@@ -345,7 +360,8 @@ impl From<der::Error> for PkiError {
 ///   extension strictly DER-encoded; basicConstraints and keyUsage present and critical;
 ///   subjectKeyIdentifier present, non-critical and equal to [`key_identifier`] of the key;
 ///   authorityKeyIdentifier (keyIdentifier only, non-critical) present unless self-issued;
-/// - exactly one [`Role`] from the extendedKeyUsage (see [`Role::purposes`]; no other purposes),
+/// - exactly one [`Role`] from the extendedKeyUsage's Imprint purposes, plus exactly the
+///   standard TLS purposes of that role's profile (see [`Role::purposes`]; no other purposes),
 ///   with cA, pathLenConstraint and keyUsage bits exactly as in that role's profile; roots are
 ///   self-issued (issuer name == subject name) and no other role is; `Central` vs
 ///   `CentralDelivery` is told apart by being self-issued;
@@ -960,6 +976,7 @@ where
 fn role_from_purposes(purposes: &[ObjectIdentifier], self_issued: bool) -> Result<Role, PkiError> {
     let mut role: Option<Role> = None;
     let mut client_auth = false;
+    let mut server_auth = false;
     for purpose in purposes {
         let this = match *purpose {
             oid::KP_MANUFACTURER => Role::Manufacturer,
@@ -968,13 +985,18 @@ fn role_from_purposes(purposes: &[ObjectIdentifier], self_issued: bool) -> Resul
             oid::KP_PERSONALIZER => Role::Personalizer,
             oid::KP_MODULE_IDENTITY => Role::ModuleIdentity,
             oid::KP_MODULE => Role::ModuleKey,
-            oid::KP_CLIENT_AUTH => {
-                if client_auth {
+            oid::KP_CLIENT_AUTH | oid::KP_SERVER_AUTH => {
+                let seen = if *purpose == oid::KP_CLIENT_AUTH {
+                    &mut client_auth
+                } else {
+                    &mut server_auth
+                };
+                if *seen {
                     return Err(PkiError::MalformedExtension(
                         "duplicate extKeyUsage purpose",
                     ));
                 }
-                client_auth = true;
+                *seen = true;
                 continue;
             }
             _ => {
@@ -993,9 +1015,15 @@ fn role_from_purposes(purposes: &[ObjectIdentifier], self_issued: bool) -> Resul
     let role = role.ok_or(PkiError::MalformedExtension(
         "extKeyUsage names no Imprint role",
     ))?;
-    if client_auth != (role == Role::ModuleKey) {
+    // The standard TLS purposes must be exactly those of the role's profile (in any order).
+    if client_auth != role.purposes().contains(&oid::KP_CLIENT_AUTH) {
         return Err(PkiError::MalformedExtension(
-            "clientAuth purpose is required on, and only on, module key certificates",
+            "clientAuth purpose does not match the role's profile",
+        ));
+    }
+    if server_auth != role.purposes().contains(&oid::KP_SERVER_AUTH) {
+        return Err(PkiError::MalformedExtension(
+            "serverAuth purpose does not match the role's profile",
         ));
     }
     Ok(role)

@@ -236,6 +236,63 @@ fn craft_module_key(pki: &Pki, edit: impl FnOnce(&mut Vec<Extension>)) -> Vec<u8
     .expect("build")
 }
 
+/// A certificate of `role` built like the issuing functions (CA roles under the central root,
+/// a delivery certificate by the manufacturer's personalizer), with `purposes` as its
+/// extKeyUsage.
+fn craft_with_purposes(pki: &Pki, role: Role, purposes: Vec<ObjectIdentifier>) -> Vec<u8> {
+    let eku = issue::extension(
+        oid::EXT_KEY_USAGE,
+        false,
+        &x509_cert::ext::pkix::ExtendedKeyUsage(purposes),
+    )
+    .expect("ext");
+    let (subject, issuer, subject_key, issuer_key, validity) = match role {
+        Role::Central => (
+            subject_of(&pki.central),
+            subject_of(&pki.central),
+            &pki.c_key,
+            None,
+            v(pki.t0, pki.t0 + 30 * YEAR),
+        ),
+        Role::Personalizer => (
+            cn("Imprint Personalization Unit 7"),
+            subject_of(&pki.central),
+            &pki.p_key,
+            Some(&pki.c_key),
+            v(pki.t0 + 100, pki.t0 + 20 * YEAR),
+        ),
+        Role::CentralDelivery => (
+            subject_of(&pki.central),
+            subject_of(&pki.pers_m),
+            &pki.c_key,
+            Some(&pki.p_key),
+            v(pki.t0 + 200, pki.t0 + 10 * YEAR),
+        ),
+        Role::ModuleKey => {
+            return craft_module_key(pki, |exts| {
+                let i = ext_index(exts, oid::EXT_KEY_USAGE);
+                exts[i] = eku;
+            });
+        }
+        other => panic!("no fixture for {other}"),
+    };
+    let subject_point = point(subject_key);
+    let issuer_point = issuer_key.map(point);
+    let mut exts =
+        issue::role_extensions(role, &subject_point, issuer_point.as_deref(), None).expect("exts");
+    let i = ext_index(&exts, oid::EXT_KEY_USAGE);
+    exts[i] = eku;
+    issue::build_der(
+        subject,
+        issuer,
+        issue::spki_from_point(&subject_point).expect("spki"),
+        validity,
+        exts,
+        issuer_key.unwrap_or(subject_key),
+    )
+    .expect("build")
+}
+
 fn ext_index(exts: &[Extension], id: ObjectIdentifier) -> usize {
     exts.iter()
         .position(|e| e.extn_id == id)
@@ -343,6 +400,119 @@ fn full_pki_chain_verifies() {
         let pem = to_pem(cert).expect("pem");
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
         assert_eq!(&from_pem(&pem).expect("pem parse"), cert);
+    }
+}
+
+#[test]
+fn tls_purposes_ride_along_on_the_client_chain() {
+    use x509_cert::ext::pkix::ExtendedKeyUsage;
+
+    let pki = build_pki(T0);
+    let eku = |cert: &Certificate| -> Vec<ObjectIdentifier> {
+        cert.x509()
+            .tbs_certificate()
+            .get_extension::<ExtendedKeyUsage>()
+            .expect("decode")
+            .expect("extKeyUsage present")
+            .1
+            .0
+    };
+    // Issued as the profile says, in `Role::purposes` order.
+    let client = oid::KP_CLIENT_AUTH;
+    let server = oid::KP_SERVER_AUTH;
+    assert_eq!(eku(&pki.manufacturer), [oid::KP_MANUFACTURER]);
+    assert_eq!(eku(&pki.central), [server, client, oid::KP_CENTRAL]);
+    assert_eq!(eku(&pki.pers_m), [client, oid::KP_PERSONALIZER]);
+    assert_eq!(eku(&pki.pers_c), [client, oid::KP_PERSONALIZER]);
+    assert_eq!(eku(&pki.delivery), [server, client, oid::KP_CENTRAL]);
+    assert_eq!(eku(&pki.identity), [oid::KP_MODULE_IDENTITY]);
+    assert_eq!(eku(&pki.module), [client, oid::KP_MODULE]);
+
+    // The parser accepts exactly those sets, in any order; the Imprint purpose decides the role.
+    let accepted = [
+        (Role::Central, vec![oid::KP_CENTRAL, client, server]),
+        (Role::Personalizer, vec![oid::KP_PERSONALIZER, client]),
+        (Role::CentralDelivery, vec![client, oid::KP_CENTRAL, server]),
+        (Role::ModuleKey, vec![oid::KP_MODULE, client]),
+    ];
+    for (role, purposes) in accepted {
+        let der = craft_with_purposes(&pki, role, purposes.clone());
+        let cert = Certificate::from_der(&der)
+            .unwrap_or_else(|err| panic!("{role} with {purposes:?}: {err}"));
+        assert_eq!(cert.role(), role, "{purposes:?}");
+    }
+
+    // Anything else is refused: a missing or extra TLS purpose, a duplicate, a foreign purpose.
+    let foreign = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.4");
+    let refused = [
+        (Role::Central, vec![oid::KP_CENTRAL]),
+        (Role::Central, vec![client, oid::KP_CENTRAL]),
+        (Role::Central, vec![server, oid::KP_CENTRAL]),
+        (Role::Central, vec![server, client, client, oid::KP_CENTRAL]),
+        (Role::Central, vec![server, server, client, oid::KP_CENTRAL]),
+        (
+            Role::Central,
+            vec![server, client, oid::KP_CENTRAL, foreign],
+        ),
+        (Role::Central, vec![server, client]),
+        (Role::Personalizer, vec![oid::KP_PERSONALIZER]),
+        (
+            Role::Personalizer,
+            vec![server, client, oid::KP_PERSONALIZER],
+        ),
+        (
+            Role::Personalizer,
+            vec![client, oid::KP_PERSONALIZER, foreign],
+        ),
+        (Role::Personalizer, vec![client]),
+        (Role::CentralDelivery, vec![oid::KP_CENTRAL]),
+        (Role::CentralDelivery, vec![client, oid::KP_CENTRAL]),
+        (Role::CentralDelivery, vec![server, oid::KP_CENTRAL]),
+        (Role::ModuleKey, vec![server, client, oid::KP_MODULE]),
+    ];
+    for (role, purposes) in refused {
+        let der = craft_with_purposes(&pki, role, purposes.clone());
+        assert!(
+            matches!(
+                Certificate::from_der(&der),
+                Err(PkiError::MalformedExtension(_))
+            ),
+            "{role} with {purposes:?}: {:?}",
+            Certificate::from_der(&der)
+        );
+    }
+
+    // The manufacturer root and identity certificates stay off the TLS chain: no TLS purpose.
+    for purposes in [
+        vec![client, oid::KP_MANUFACTURER],
+        vec![server, client, oid::KP_MANUFACTURER],
+    ] {
+        let mut exts = issue::role_extensions(Role::Manufacturer, &point(&pki.m_key), None, None)
+            .expect("exts");
+        let i = ext_index(&exts, oid::EXT_KEY_USAGE);
+        exts[i] = issue::extension(
+            oid::EXT_KEY_USAGE,
+            false,
+            &x509_cert::ext::pkix::ExtendedKeyUsage(purposes.clone()),
+        )
+        .expect("ext");
+        let name = subject_of(&pki.manufacturer);
+        let der = issue::build_der(
+            name.clone(),
+            name,
+            issue::spki_from_point(&point(&pki.m_key)).expect("spki"),
+            v(pki.t0, pki.t0 + 30 * YEAR),
+            exts,
+            &pki.m_key,
+        )
+        .expect("build");
+        assert!(
+            matches!(
+                Certificate::from_der(&der),
+                Err(PkiError::MalformedExtension(_))
+            ),
+            "manufacturer with {purposes:?}"
+        );
     }
 }
 
@@ -900,10 +1070,11 @@ fn role_profile_violations() {
         vec![oid::KP_CLIENT_AUTH, oid::KP_MODULE, oid::KP_PERSONALIZER],
         vec![oid::KP_MODULE],
         vec![oid::KP_CLIENT_AUTH, oid::KP_MODULE, oid::KP_CLIENT_AUTH],
+        vec![oid::KP_CLIENT_AUTH, oid::KP_MODULE, oid::KP_SERVER_AUTH],
         vec![
             oid::KP_CLIENT_AUTH,
             oid::KP_MODULE,
-            ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1"),
+            ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.4"),
         ],
     ] {
         let der = craft_module_key(&pki, |exts| {
@@ -1453,6 +1624,16 @@ fn openssl_verifies_chain() {
         );
     };
     verify(&[
+        "-CAfile",
+        "central.pem",
+        "-untrusted",
+        "personalizer_by_central.pem",
+        "module.pem",
+    ]);
+    // OpenSSL's TLS client purpose check holds on the whole central chain.
+    verify(&[
+        "-purpose",
+        "sslclient",
         "-CAfile",
         "central.pem",
         "-untrusted",

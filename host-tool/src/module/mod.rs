@@ -6,7 +6,12 @@
 //! ```
 //!
 //! Each [`open`] is a fresh power-up: the applet reloads its committed state
-//! from the directory.
+//! from the directory. [`open_softhsm`] does the same with a SoftHSM token as
+//! the key memory:
+//!
+//! ```text
+//!  softhsm:LABEL ─▶ SoftHsmKeyMemory (library, token LABEL, SoftHSM user PIN) ─▶ Applet::new ─▶ …
+//! ```
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +22,7 @@ use imprint_apdu::host::{CardLink, InProcessTransport};
 use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::pki::Certificate;
 use imprint_apdu::proto::Lifecycle;
+use imprint_pkcs11::softhsm::{SoftHsmKeyMemory, find_library, read_pin_file};
 
 use crate::HostError;
 
@@ -38,6 +44,36 @@ pub fn open(dir: &Path, create: bool) -> Result<ModuleLink, HostError> {
     })?;
     let applet = Applet::new(memory).map_err(|source| HostError::KeyMemory {
         path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(CardLink::new(InProcessTransport::new(applet)))
+}
+
+/// A link to a module running in this process over a SoftHSM token.
+pub type SoftHsmLink = CardLink<InProcessTransport<SoftHsmKeyMemory>>;
+
+/// The prefix of `--module softhsm:LABEL`.
+pub const SOFTHSM_PREFIX: &str = "softhsm:";
+
+/// Powers up the module whose key memory is the SoftHSM token labelled
+/// `label`, logging in to the token with the SoftHSM user PIN in `pin_file`.
+/// The library is [`find_library`]'s (`IMPRINT_SOFTHSM_LIB` overrides);
+/// SoftHSM finds the token through `SOFTHSM2_CONF`.
+pub fn open_softhsm(label: &str, pin_file: &Path) -> Result<SoftHsmLink, HostError> {
+    let library = find_library().ok_or(HostError::NoSoftHsmLibrary)?;
+    let pin = read_pin_file(pin_file).map_err(|source| HostError::Io {
+        op: "read the SoftHSM PIN file",
+        path: pin_file.to_path_buf(),
+        source,
+    })?;
+    let memory =
+        SoftHsmKeyMemory::open(&library, label, &pin).map_err(|source| HostError::SoftHsm {
+            label: label.to_owned(),
+            source,
+        })?;
+    drop(pin);
+    let applet = Applet::new(memory).map_err(|source| HostError::KeyMemory {
+        path: PathBuf::from(format!("{SOFTHSM_PREFIX}{label}")),
         source,
     })?;
     Ok(CardLink::new(InProcessTransport::new(applet)))

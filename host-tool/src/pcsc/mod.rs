@@ -42,6 +42,7 @@ use imprint_apdu::iso::sw;
 use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::pki;
 use imprint_apdu::proto::{self, ins};
+use imprint_pkcs11::softhsm::SoftHsmKeyMemory;
 use pcsc::{Context, Disposition, Protocol, Protocols, Scope, ShareMode, State};
 
 use crate::HostError;
@@ -411,11 +412,14 @@ pub fn open_link(reader: &str, options: ConnectOptions) -> Result<ReaderLink, Ho
     Ok(CardLink::new(PcscTransport::open(reader, options)?))
 }
 
-/// A module reached either in-process from its key-memory directory or as a
-/// card in a PC/SC reader, so one command line serves both.
+/// A module reached either in-process (from its key-memory directory or a
+/// SoftHSM token) or as a card in a PC/SC reader, so one command line serves
+/// all three.
 pub enum AnyTransport {
     /// A file-backed module in this process.
     File(InProcessTransport<FileKeyMemory>),
+    /// A module in this process whose key memory is a SoftHSM token.
+    SoftHsm(InProcessTransport<SoftHsmKeyMemory>),
     /// A card in a reader.
     Reader(PcscTransport),
 }
@@ -424,6 +428,7 @@ impl Transport for AnyTransport {
     fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
         match self {
             Self::File(transport) => transport.transmit(command),
+            Self::SoftHsm(transport) => transport.transmit(command),
             Self::Reader(transport) => transport.transmit(command),
         }
     }
@@ -431,6 +436,7 @@ impl Transport for AnyTransport {
     fn supports_extended_length(&self) -> bool {
         match self {
             Self::File(transport) => transport.supports_extended_length(),
+            Self::SoftHsm(transport) => transport.supports_extended_length(),
             Self::Reader(transport) => transport.supports_extended_length(),
         }
     }

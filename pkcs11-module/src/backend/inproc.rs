@@ -11,8 +11,10 @@
 //! and releases the key memory (a file module's directory lock), so the host
 //! tool can re-personalize the module between two uses.
 //!
-//! Another key memory (the SoftHSM one) plugs in by implementing
-//! [`KeyMemorySource`]; `InProcessDevice::new(source)` is then its slot.
+//! Another key memory plugs in by implementing [`KeyMemorySource`];
+//! `InProcessDevice::new(source)` is then its slot. [`SoftHsmSource`] is the
+//! SoftHSM one: a token of a PKCS#11 library, opened with the provider's own
+//! SoftHSM user PIN (read from a file at every connection).
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,8 @@ use imprint_apdu::Applet;
 use imprint_apdu::host::{InProcessTransport, Transport};
 use imprint_apdu::keymem::KeyMemory;
 use imprint_apdu::keymem::file::FileKeyMemory;
+
+use crate::softhsm::{SoftHsmError, SoftHsmKeyMemory, read_pin_file, token_present};
 
 use super::{BackendError, Connection, Device, Presence, SlotDescription};
 use crate::error::Error;
@@ -81,6 +85,56 @@ impl KeyMemorySource for FileSource {
         FileKeyMemory::open(&self.dir).map_err(|err| match err.kind() {
             ErrorKind::WouldBlock => BackendError::Busy,
             _ => BackendError::Io(err),
+        })
+    }
+}
+
+/// A SoftHSM token ([`SoftHsmKeyMemory`]) as the module's key memory.
+///
+/// The token is found by its label in `library`; the SoftHSM user PIN, the
+/// provider's credential for the token (not the module's user PIN, which
+/// `C_Login` checks), is read from `pin_file` at every connection and
+/// dropped (zeroized) with the key memory. SoftHSM finds its token
+/// directory through `SOFTHSM2_CONF`, read once per process.
+#[derive(Debug, Clone)]
+pub struct SoftHsmSource {
+    library: Option<PathBuf>,
+    token_label: String,
+    pin_file: PathBuf,
+}
+
+impl SoftHsmSource {
+    /// The token labelled `token_label` of `library` (`None`: no library was
+    /// found, and the slot stays empty), unlocked with the PIN in `pin_file`.
+    pub fn new(library: Option<PathBuf>, token_label: &str, pin_file: impl AsRef<Path>) -> Self {
+        Self {
+            library,
+            token_label: token_label.to_owned(),
+            pin_file: pin_file.as_ref().to_path_buf(),
+        }
+    }
+}
+
+impl KeyMemorySource for SoftHsmSource {
+    type Memory = SoftHsmKeyMemory;
+
+    fn description(&self) -> String {
+        format!("Imprint SoftHSM module {}", self.token_label)
+    }
+
+    fn present(&self) -> bool {
+        self.library
+            .as_deref()
+            .is_some_and(|library| token_present(library, &self.token_label))
+    }
+
+    fn open(&self) -> Result<SoftHsmKeyMemory, BackendError> {
+        let library = self.library.as_deref().ok_or(BackendError::NotPresent)?;
+        let pin = read_pin_file(&self.pin_file)?;
+        SoftHsmKeyMemory::open(library, &self.token_label, &pin).map_err(|err| match err {
+            SoftHsmError::TokenNotFound(_) | SoftHsmError::Load { .. } => BackendError::NotPresent,
+            SoftHsmError::InUse(_) => BackendError::Busy,
+            other => BackendError::SoftHsm(other),
         })
     }
 }

@@ -42,6 +42,9 @@ pub enum BackendError {
     /// The applet could not load its key memory.
     #[error("key memory: {0}")]
     KeyMemory(#[from] imprint_apdu::keymem::KeyMemoryError),
+    /// The SoftHSM token could not be opened (wrong SoftHSM PIN, session).
+    #[error("SoftHSM: {0}")]
+    SoftHsm(#[from] crate::softhsm::SoftHsmError),
 }
 
 impl From<BackendError> for Error {
@@ -50,7 +53,9 @@ impl From<BackendError> for Error {
             BackendError::NotPresent | BackendError::NoApplet | BackendError::Busy => {
                 Error::TokenNotPresent
             }
-            BackendError::Pcsc(_) | BackendError::Io(_) => Error::DeviceError,
+            BackendError::Pcsc(_) | BackendError::Io(_) | BackendError::SoftHsm(_) => {
+                Error::DeviceError
+            }
             BackendError::KeyMemory(_) => Error::DeviceMemory,
         }
     }

@@ -57,3 +57,47 @@ fn unknown_keys_and_kinds_are_errors() {
         assert!(err.to_string().contains("bad.toml"), "{err}");
     }
 }
+
+#[test]
+fn softhsm_modules_parse_and_never_take_an_inline_pin() {
+    let config = Config::parse(
+        r#"
+        [[module]]
+        kind = "softhsm"
+        token_label = "imprint module"
+        pin_file = "/run/pin"
+
+        [[module]]
+        kind = "softhsm"
+        library = "/lib/softhsm.so"
+        token_label = "other"
+        pin_file = "/run/other-pin"
+        "#,
+        Path::new("x.toml"),
+    )
+    .expect("parses");
+    assert_eq!(
+        config.module,
+        vec![
+            ModuleConfig::Softhsm {
+                library: None,
+                token_label: "imprint module".into(),
+                pin_file: "/run/pin".into(),
+            },
+            ModuleConfig::Softhsm {
+                library: Some("/lib/softhsm.so".into()),
+                token_label: "other".into(),
+                pin_file: "/run/other-pin".into(),
+            },
+        ]
+    );
+    for text in [
+        "[[module]]\nkind = \"softhsm\"\ntoken_label = \"t\"\n",
+        "[[module]]\nkind = \"softhsm\"\npin_file = \"/p\"\n",
+        "[[module]]\nkind = \"softhsm\"\ntoken_label = \"t\"\npin_file = \"/p\"\npin = \"1234\"\n",
+        "[[module]]\nkind = \"softhsm\"\ntoken_label = \"t\"\npin_file = \"/p\"\nsofthsm2_conf = \"/c\"\n",
+    ] {
+        let err = Config::parse(text, Path::new("bad.toml")).expect_err(text);
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+    }
+}

@@ -180,6 +180,40 @@ pub fn find_library() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// Reads a PIN from `path`: the file's bytes, without one trailing `\n` or
+/// `\r\n`. The returned buffer is zeroized when dropped.
+pub fn read_pin_file(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut pin = Zeroizing::new(std::fs::read(path)?);
+    if pin.last() == Some(&b'\n') {
+        pin.pop();
+        if pin.last() == Some(&b'\r') {
+            pin.pop();
+        }
+    }
+    Ok(pin)
+}
+
+/// Whether `library` loads and has exactly one initialized token labelled
+/// `token_label`. Loads and initializes the library (once per process), as
+/// [`SoftHsmKeyMemory::open`] would; opens no session.
+pub fn token_present(library: &Path, token_label: &str) -> bool {
+    let Ok(context) = context(library) else {
+        return false;
+    };
+    let Ok(slots) = context.get_slots_with_initialized_token() else {
+        return false;
+    };
+    slots
+        .into_iter()
+        .filter(|&slot| {
+            context
+                .get_token_info(slot)
+                .is_ok_and(|info| info.label() == token_label)
+        })
+        .count()
+        == 1
+}
+
 /// Why a token could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SoftHsmError {

@@ -174,6 +174,31 @@ fn verify(key: &PublicKey, digest: &[u8; 48], signature: &Signature) {
 // ---- Without a token ----
 
 #[test]
+fn pin_files_lose_one_trailing_newline_only() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("pin");
+    for (content, pin) in [
+        (&b"1234"[..], &b"1234"[..]),
+        (b"1234\n", b"1234"),
+        (b"1234\r\n", b"1234"),
+        (b"1234\n\n", b"1234\n"),
+        (b" 12 34 \n", b" 12 34 "),
+    ] {
+        std::fs::write(&path, content).expect("write");
+        assert_eq!(read_pin_file(&path).expect("read").as_slice(), pin);
+    }
+    assert!(read_pin_file(&dir.path().join("missing")).is_err());
+}
+
+#[test]
+fn no_library_means_no_token() {
+    assert!(!token_present(
+        Path::new("/nonexistent/libsofthsm2.so"),
+        "x"
+    ));
+}
+
+#[test]
 fn ec_params_are_the_der_oid_of_secp384r1() {
     let oid = der::asn1::ObjectIdentifier::new_unwrap("1.3.132.0.34");
     assert_eq!(oid.to_der().unwrap(), SECP384R1_PARAMS);

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha384};
 use zeroize::Zeroizing;
 
 use crate::backend::card::ReaderScan;
-use crate::backend::inproc::{FileSource, InProcessDevice};
+use crate::backend::inproc::{FileSource, InProcessDevice, SoftHsmSource};
 use crate::backend::{Connection, Device, Presence, SlotDescription, transport_error};
 use crate::config::{Config, ModuleConfig};
 use crate::error::{Error, Result};
@@ -199,6 +199,18 @@ impl Provider {
             match module {
                 ModuleConfig::File { path } => {
                     provider.add_device(Box::new(InProcessDevice::new(FileSource::new(path))), None)
+                }
+                ModuleConfig::Softhsm {
+                    library,
+                    token_label,
+                    pin_file,
+                } => {
+                    let library = library.clone().or_else(crate::softhsm::find_library);
+                    if library.is_none() {
+                        tracing::warn!(token = %token_label, "no SoftHSM library found: the slot stays empty");
+                    }
+                    let source = SoftHsmSource::new(library, token_label, pin_file);
+                    provider.add_device(Box::new(InProcessDevice::new(source)), None)
                 }
             }
         }
