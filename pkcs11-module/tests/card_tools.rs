@@ -22,13 +22,12 @@
 //! driver, SoftHSM or root to start pcscd skips.
 
 mod common;
+use common::Card;
 
-use std::fs::{File, OpenOptions};
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::thread::{self, JoinHandle};
+use std::process::{Command, Output};
+use std::thread::{self};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -40,14 +39,9 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use imprint_apdu::Applet;
 use imprint_apdu::host::{CardLink, InProcessTransport};
-use imprint_apdu::keymem::file::FileKeyMemory;
-use imprint_apdu::vpcd::{self, ServeOptions, StopHandle, VirtualCard};
 use imprint_pkcs11::softhsm::{SoftHsmKeyMemory, find_library};
 use imprint_tests::{Pki, file_module, manufacture_with, personalized_with_pin};
 
-const PCSCD_SOCKET: &str = "/run/pcscd/pcscd.comm";
-const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
-const BASE_PORT: u16 = 35963;
 const WAIT: Duration = Duration::from_secs(15);
 
 /// The module's user PIN in every scenario.
@@ -55,123 +49,8 @@ const PIN: &str = "472911";
 
 // ------------------------------------------------------------------ the PC/SC stack
 
-/// The vpcd reader these tests use: `IMPRINT_TEST_VPCD_READER` (default 1),
-/// as in the other PC/SC suites.
-fn reader_index() -> u16 {
-    std::env::var("IMPRINT_TEST_VPCD_READER")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
-}
-
-fn reader_name() -> String {
-    format!("Virtual PCD 00 {:02}", reader_index())
-}
-
-fn reader_port() -> u16 {
-    BASE_PORT + reader_index()
-}
-
 fn card_config() -> String {
-    format!("[card]\nreaders = [\"{}\"]\n", reader_name())
-}
-
-/// Exclusive use of the reader among cooperating test processes (and the
-/// threads of this one: each call opens the file anew).
-fn lock_reader() -> File {
-    let path = std::env::temp_dir().join(format!("imprint-vpcd-{}.lock", reader_port()));
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .expect("reader lock file");
-    file.lock().expect("reader lock");
-    file
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Makes sure pcscd runs with the vpcd driver; `false`: skip (fails under CI).
-fn pcsc_stack() -> bool {
-    let skip = |reason: &str| {
-        assert!(
-            !common::ci(),
-            "{reason} (CI=true: the PC/SC tests must run)"
-        );
-        eprintln!("SKIPPED: {reason}");
-        false
-    };
-    if !Path::new(VPCD_DRIVER).exists() {
-        return skip("the vpcd reader driver is not installed (Debian: vsmartcard-vpcd)");
-    }
-    // A socket file left by a pcscd that died does not count.
-    let alive = || std::os::unix::net::UnixStream::connect(PCSCD_SOCKET).is_ok();
-    if alive() {
-        return true;
-    }
-    if !is_root() {
-        return skip("pcscd is not running, and only root may start it");
-    }
-    let pcscd = ["/usr/sbin/pcscd", "/usr/bin/pcscd"]
-        .into_iter()
-        .find(|path| Path::new(path).exists());
-    let Some(pcscd) = pcscd else {
-        return skip("pcscd is not installed (Debian: pcscd)");
-    };
-    let _ = std::fs::remove_file(PCSCD_SOCKET);
-    // Its own process group: one pcscd serves the machine and outlives us.
-    let mut child = Command::new("setsid")
-        .arg(pcscd)
-        .arg("-f")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("starting pcscd -f");
-    thread::spawn(move || child.wait());
-    let start = Instant::now();
-    while !alive() {
-        assert!(start.elapsed() < WAIT, "pcscd's socket did not appear");
-        thread::sleep(Duration::from_millis(50));
-    }
-    true
-}
-
-/// The applet over a module directory, as a card in the vpcd reader.
-struct Card {
-    stop: StopHandle,
-    thread: JoinHandle<()>,
-}
-
-impl Card {
-    fn insert(dir: &Path) -> Self {
-        let memory = FileKeyMemory::open(dir).expect("module");
-        let mut card = VirtualCard::new(Applet::new(memory).expect("applet"));
-        let options = ServeOptions::default();
-        let stop = options.stop.clone();
-        let addr = SocketAddr::from(([127, 0, 0, 1], reader_port()));
-        let thread = thread::spawn(move || {
-            vpcd::serve(addr, &mut card, &options, &mut |_| {});
-        });
-        Self { stop, thread }
-    }
-
-    fn remove(self) {
-        self.stop.stop();
-        self.thread.join().expect("card thread");
-    }
+    format!("[card]\nreaders = [\"{}\"]\n", common::reader_name())
 }
 
 /// Manufactures and personalizes the module in `dir` with the user PIN;
@@ -200,10 +79,10 @@ struct CardSetup {
 impl CardSetup {
     /// `None`: skipped (no PC/SC stack).
     fn new() -> Option<Self> {
-        if !pcsc_stack() {
+        if !common::pcsc_stack() {
             return None;
         }
-        let reader = lock_reader();
+        let reader = common::lock_reader();
         let dir = tempfile::tempdir().expect("temp dir");
         let module = dir.path().join("card");
         let serial = personalize_file_module(&module);
@@ -298,7 +177,7 @@ fn pkcs11_tool_on_a_card_with_a_pin() {
     let slots = setup.run("pkcs11-tool", &["--module", &module, "-L"]);
     for needle in [
         format!("token label        : {}", setup.serial),
-        reader_name(),
+        common::reader_name(),
         "token initialized".to_owned(),
         "login required".to_owned(),
         "PIN initialized".to_owned(),
@@ -632,10 +511,10 @@ fn key_cannot_be_changed_copied_or_wrapped(session: &Session, key: ObjectHandle)
 
 #[test]
 fn card_key_cannot_be_read_out() {
-    if !pcsc_stack() {
+    if !common::pcsc_stack() {
         return;
     }
-    let _reader = lock_reader();
+    let _reader = common::lock_reader();
     common::run_child_with("child_card_key_cannot_be_read_out", |_| card_config());
 }
 
@@ -684,67 +563,11 @@ fn child_file_module_key_cannot_be_read_out() {
 }
 
 const TOKEN_LABEL: &str = "imprint sensitive-key token";
-const SO_PIN: &str = "so-pin-0000";
-const SOFTHSM_PIN: &str = "softhsm-user-pin";
+use common::SOFTHSM_USER_PIN as SOFTHSM_PIN;
 
 #[test]
 fn softhsm_module_key_cannot_be_read_out() {
-    let installed = find_library().is_some_and(|path| path.is_file())
-        && Command::new("softhsm2-util")
-            .arg("--version")
-            .output()
-            .is_ok_and(|output| output.status.success());
-    if !installed {
-        assert!(!common::ci(), "softhsm2 is not installed; CI=true");
-        eprintln!("SKIPPED: softhsm2 not installed");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let token_dir = dir.path().join("token");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../softhsm-config/create-token.sh");
-    let created = Command::new("bash")
-        .arg(&script)
-        .arg(&token_dir)
-        .args([TOKEN_LABEL, SO_PIN, SOFTHSM_PIN])
-        .output()
-        .expect("run create-token.sh");
-    assert!(
-        created.status.success(),
-        "create-token.sh failed: {}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    let pin_file = dir.path().join("softhsm.pin");
-    std::fs::write(&pin_file, format!("{SOFTHSM_PIN}\n")).expect("pin file");
-    let config = dir.path().join("pkcs11.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[module]]\nkind = \"softhsm\"\ntoken_label = \"{TOKEN_LABEL}\"\npin_file = \"{}\"\n",
-            pin_file.display()
-        ),
-    )
-    .expect("configuration");
-    let child = "child_softhsm_module_key_cannot_be_read_out";
-    let output = Command::new(std::env::current_exe().expect("test executable"))
-        .args([
-            child,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("IMPRINT_PKCS11_CONF", &config)
-        .env("SOFTHSM2_CONF", token_dir.join("softhsm2.conf"))
-        .env_remove("IMPRINT_PKCS11_LOG")
-        .output()
-        .expect("running the child test");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "child test {child} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::run_child_on_softhsm_token("child_softhsm_module_key_cannot_be_read_out", TOKEN_LABEL);
 }
 
 #[test]

@@ -12,13 +12,9 @@
 //! machine without pcscd, the vpcd driver, or root to start pcscd skips.
 
 mod common;
+use common::Card;
 
-use std::fs::{File, OpenOptions};
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::thread::{self, JoinHandle};
+use std::thread::{self};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -27,143 +23,23 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
-use imprint_apdu::Applet;
-use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::pki::Certificate;
-use imprint_apdu::vpcd::{self, ServeOptions, StopHandle, VirtualCard};
 use imprint_tests::{Pki, RecordingJournal, file_module, manufacture_with, personalized};
 use p384::ecdsa::Signature;
 use p384::ecdsa::signature::hazmat::PrehashVerifier;
 use sha2::{Digest, Sha384};
 
-const PCSCD_SOCKET: &str = "/run/pcscd/pcscd.comm";
-const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
-const BASE_PORT: u16 = 35963;
 const WAIT: Duration = Duration::from_secs(15);
-
-/// The vpcd reader these tests use: `IMPRINT_TEST_VPCD_READER` (default 1),
-/// as in the host tool's suites.
-fn reader_index() -> u16 {
-    std::env::var("IMPRINT_TEST_VPCD_READER")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
-}
-
-fn reader_name() -> String {
-    format!("Virtual PCD 00 {:02}", reader_index())
-}
-
-fn reader_port() -> u16 {
-    BASE_PORT + reader_index()
-}
-
-/// Exclusive use of the reader among cooperating test processes.
-fn lock_reader() -> File {
-    let path = std::env::temp_dir().join(format!("imprint-vpcd-{}.lock", reader_port()));
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .expect("reader lock file");
-    file.lock().expect("reader lock");
-    file
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Makes sure pcscd runs with the vpcd driver; `false`: skip (fails under CI).
-fn pcsc_stack() -> bool {
-    let skip = |reason: &str| {
-        assert!(
-            !common::ci(),
-            "{reason} (CI=true: the PC/SC tests must run)"
-        );
-        eprintln!("SKIPPED: {reason}");
-        false
-    };
-    if !Path::new(VPCD_DRIVER).exists() {
-        return skip("the vpcd reader driver is not installed (Debian: vsmartcard-vpcd)");
-    }
-    // A socket file left by a pcscd that died does not count.
-    let alive = || std::os::unix::net::UnixStream::connect(PCSCD_SOCKET).is_ok();
-    if alive() {
-        return true;
-    }
-    if !is_root() {
-        return skip("pcscd is not running, and only root may start it");
-    }
-    let pcscd = ["/usr/sbin/pcscd", "/usr/bin/pcscd"]
-        .into_iter()
-        .find(|path| Path::new(path).exists());
-    let Some(pcscd) = pcscd else {
-        return skip("pcscd is not installed (Debian: pcscd)");
-    };
-    let _ = std::fs::remove_file(PCSCD_SOCKET);
-    // Its own process group: one pcscd serves the machine and outlives us.
-    let mut child = Command::new("setsid")
-        .arg(pcscd)
-        .arg("-f")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("starting pcscd -f");
-    thread::spawn(move || child.wait());
-    let start = Instant::now();
-    while !alive() {
-        assert!(start.elapsed() < WAIT, "pcscd's socket did not appear");
-        thread::sleep(Duration::from_millis(50));
-    }
-    true
-}
 
 #[test]
 fn a_card_in_a_pcsc_reader_is_a_token() {
-    if !pcsc_stack() {
+    if !common::pcsc_stack() {
         return;
     }
-    let _reader = lock_reader();
+    let _reader = common::lock_reader();
     common::run_child_with("child_a_card_in_a_pcsc_reader_is_a_token", |_| {
-        format!("[card]\nreaders = [\"{}\"]\n", reader_name())
+        format!("[card]\nreaders = [\"{}\"]\n", common::reader_name())
     });
-}
-
-/// The applet over a module directory, as a card in the vpcd reader.
-struct Card {
-    stop: StopHandle,
-    thread: JoinHandle<()>,
-}
-
-impl Card {
-    fn insert(dir: &Path) -> Self {
-        let memory = FileKeyMemory::open(dir).expect("module");
-        let mut card = VirtualCard::new(Applet::new(memory).expect("applet"));
-        let options = ServeOptions::default();
-        let stop = options.stop.clone();
-        let addr = SocketAddr::from(([127, 0, 0, 1], reader_port()));
-        let thread = thread::spawn(move || {
-            vpcd::serve(addr, &mut card, &options, &mut |_| {});
-        });
-        Self { stop, thread }
-    }
-
-    fn remove(self) {
-        self.stop.stop();
-        self.thread.join().expect("card thread");
-    }
 }
 
 /// Polls the token list until the slot has a token (`true`) or none.
@@ -248,7 +124,7 @@ fn child_a_card_in_a_pcsc_reader_is_a_token() {
     assert_eq!(slots.len(), 1, "one slot: the configured reader");
     let slot = slots[0];
     let info = pkcs11.get_slot_info(slot).expect("slot info");
-    assert_eq!(info.slot_description(), reader_name());
+    assert_eq!(info.slot_description(), common::reader_name());
     assert!(info.removable_device() && info.hardware_slot());
     // A card another suite left may take a moment to go.
     wait_for_token(&pkcs11, slot, false);
@@ -304,14 +180,14 @@ fn child_a_card_in_a_pcsc_reader_is_a_token() {
 
 #[test]
 fn a_card_with_a_pin_over_short_apdus() {
-    if !pcsc_stack() {
+    if !common::pcsc_stack() {
         return;
     }
-    let _reader = lock_reader();
+    let _reader = common::lock_reader();
     common::run_child_with("child_a_card_with_a_pin_over_short_apdus", |_| {
         format!(
             "[card]\nreaders = [\"{}\"]\nshort_apdus = true\n",
-            reader_name()
+            common::reader_name()
         )
     });
 }

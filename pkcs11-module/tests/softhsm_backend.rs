@@ -13,8 +13,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
@@ -33,71 +32,7 @@ use p384::ecdsa::signature::hazmat::PrehashVerifier;
 use sha2::{Digest, Sha384};
 
 const TOKEN_LABEL: &str = "imprint provider token";
-const SO_PIN: &str = "so-pin-0000";
-const SOFTHSM_PIN: &str = "softhsm-user-pin";
-
-/// Set in the child: the SoftHSM PIN file.
-const PIN_FILE_ENV: &str = "IMPRINT_PKCS11_TEST_SOFTHSM_PIN_FILE";
-
-/// Creates a token and runs `child` with it, or skips without SoftHSM.
-fn run_child_on_token(child: &str) {
-    let installed = find_library().is_some_and(|path| path.is_file())
-        && Command::new("softhsm2-util")
-            .arg("--version")
-            .output()
-            .is_ok_and(|output| output.status.success());
-    if !installed {
-        assert!(!common::ci(), "softhsm2 is not installed; CI=true");
-        eprintln!("SKIPPED: softhsm2 not installed");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let token_dir = dir.path().join("token");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../softhsm-config/create-token.sh");
-    let created = Command::new("bash")
-        .arg(&script)
-        .arg(&token_dir)
-        .args([TOKEN_LABEL, SO_PIN, SOFTHSM_PIN])
-        .output()
-        .expect("run create-token.sh");
-    assert!(
-        created.status.success(),
-        "create-token.sh failed: {}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    let pin_file = dir.path().join("softhsm.pin");
-    std::fs::write(&pin_file, format!("{SOFTHSM_PIN}\n")).expect("pin file");
-    let config = dir.path().join("pkcs11.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[module]]\nkind = \"softhsm\"\ntoken_label = \"{TOKEN_LABEL}\"\npin_file = \"{}\"\n",
-            pin_file.display()
-        ),
-    )
-    .expect("configuration");
-    let output = Command::new(std::env::current_exe().expect("test executable"))
-        .args([
-            child,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("IMPRINT_PKCS11_CONF", &config)
-        .env("SOFTHSM2_CONF", token_dir.join("softhsm2.conf"))
-        .env(PIN_FILE_ENV, &pin_file)
-        .env_remove("IMPRINT_PKCS11_LOG")
-        .output()
-        .expect("running the child test");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "child test {child} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+use common::{SOFTHSM_PIN_FILE_ENV as PIN_FILE_ENV, SOFTHSM_USER_PIN as SOFTHSM_PIN};
 
 /// In the child: the module on the token, powered up in this process.
 fn token_module() -> CardLink<InProcessTransport<SoftHsmKeyMemory>> {
@@ -158,7 +93,7 @@ fn token_initialized(pkcs11: &Pkcs11, slot: Slot) -> bool {
 
 #[test]
 fn softhsm_backend_lifecycle() {
-    run_child_on_token("child_softhsm_backend_lifecycle");
+    common::run_child_on_softhsm_token("child_softhsm_backend_lifecycle", TOKEN_LABEL);
 }
 
 #[test]

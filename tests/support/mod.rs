@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod claims;
+pub mod pcscd;
 
 use imprint_apdu::applet::Applet;
 use imprint_apdu::host::manufacture::{ManufactureReport, manufacture};

@@ -9,11 +9,9 @@
 
 #![allow(dead_code)]
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::process::CommandExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,146 +21,21 @@ use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::keymem::{KeyMemory, KeySlot, Records};
 use imprint_apdu::pki::{self, Certificate};
 
-pub const PCSCD_SOCKET: &str = "/run/pcscd/pcscd.comm";
+#[allow(unused_imports)] // each suite uses a different part of the bench
+pub use imprint_tests::pcscd::{
+    PCSCD_SOCKET, Reader, find_program, is_root, pcscd_alive, skip, start_pcscd, wait_until,
+};
+
 pub const PCSCD_PID_FILE: &str = "/run/pcscd/pcscd.pid";
-/// The first vpcd reader's port; reader `n` listens on `BASE_PORT + n`.
-pub const BASE_PORT: u16 = 35963;
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A vpcd reader: its PC/SC name and the TCP port the card connects to.
-#[derive(Clone, Debug)]
-pub struct Reader {
-    pub name: String,
-    pub port: u16,
-}
-
-impl Reader {
-    pub fn index(n: u16) -> Self {
-        Self {
-            name: format!("Virtual PCD 00 {n:02}"),
-            port: BASE_PORT + n,
-        }
-    }
-
-    /// The reader these tests use.
-    pub fn for_tests() -> Self {
-        let n = std::env::var("IMPRINT_TEST_VPCD_READER")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1);
-        Self::index(n)
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Exclusive use of this reader among cooperating test processes.
-    pub fn lock(&self) -> File {
-        let path = std::env::temp_dir().join(format!("imprint-vpcd-{}.lock", self.port));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .unwrap_or_else(|err| panic!("opening {}: {err}", path.display()));
-        file.lock()
-            .unwrap_or_else(|err| panic!("locking {}: {err}", path.display()));
-        file
-    }
-}
-
-/// Skips the test (returns `None`) with a reason, or fails it under CI.
-pub fn skip(reason: &str) -> Option<()> {
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("{reason} (CI=true: the PC/SC tests must run)");
-    }
-    eprintln!("SKIPPED: {reason}");
-    None
-}
-
-pub fn is_root() -> bool {
-    // The effective UID is the second field of "Uid:" (no libc call needed).
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// `program` on `PATH`, or in `/usr/sbin` (where Debian puts `pcscd`).
-pub fn find_program(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Makes sure `pcscd` runs, starting it if we may. `None`: skip the test.
+/// The shared bench's [`imprint_tests::pcscd::pcsc_stack`], plus `opensc-tool`,
+/// which these suites use to see cards. `None`: skip the test.
 pub fn pcsc_stack() -> Option<()> {
-    static START: Mutex<()> = Mutex::new(());
-    let _guard = START
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    for tool in ["pcscd", "opensc-tool"] {
-        if find_program(tool).is_none() {
-            return skip(&format!(
-                "`{tool}` is not installed (Debian: pcscd vsmartcard-vpcd opensc)"
-            ));
-        }
+    if find_program("opensc-tool").is_none() {
+        return skip("`opensc-tool` is not installed (Debian: opensc)");
     }
-    if !Path::new("/usr/lib/pcsc/drivers/serial/libifdvpcd.so").exists() {
-        return skip("the vpcd reader driver is not installed (Debian: vsmartcard-vpcd)");
-    }
-    if !pcscd_alive() {
-        if !is_root() {
-            return skip("pcscd is not running, and only root may start it");
-        }
-        start_pcscd();
-    }
-    Some(())
-}
-
-/// Whether a pcscd answers on its socket (a socket file left by a pcscd that
-/// died does not count).
-pub fn pcscd_alive() -> bool {
-    std::os::unix::net::UnixStream::connect(PCSCD_SOCKET).is_ok()
-}
-
-/// Starts `pcscd -f` in its own process group (it outlives the tests: one
-/// pcscd serves the whole machine) and waits for its socket. A thread reaps
-/// it should it exit while the tests run.
-pub fn start_pcscd() {
-    // A socket left by a pcscd that died would make the new one's clients wait.
-    if !pcscd_alive() {
-        let _ = std::fs::remove_file(PCSCD_SOCKET);
-    }
-    // In a session of its own (setsid): one pcscd serves the machine and must
-    // outlive this test process and its process group.
-    let mut pcscd = Command::new("setsid")
-        .arg(find_program("pcscd").expect("pcscd is installed"))
-        .arg("-f")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("starting pcscd -f");
-    thread::spawn(move || pcscd.wait());
-    wait_until(WAIT, "pcscd's socket", pcscd_alive);
-}
-
-pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
+    imprint_tests::pcscd::pcsc_stack()
 }
 
 /// Whether `opensc-tool -l` lists `reader` with a card in it.
