@@ -98,6 +98,9 @@ pub enum CentralError {
         /// Its notAfter, as UTC text.
         not_after: String,
     },
+    /// The central key failed to sign.
+    #[error("the central key failed to sign")]
+    Signing,
     /// Issuing a certificate failed.
     #[error("cannot issue the {what}")]
     Issue {
@@ -179,6 +182,20 @@ impl CentralAuthority {
             });
         }
         Ok(Self { key, cert })
+    }
+
+    /// The central key `C`'s public half: the anchor modules check the
+    /// central system against (claim 4).
+    pub fn public_key(&self) -> p384::PublicKey {
+        p384::PublicKey::from(self.key.verifying_key())
+    }
+
+    /// Signs a 48-byte digest with `C` (ECDSA P-384, the digest used as it is).
+    pub fn sign_digest(&self, digest: &[u8; 48]) -> Result<p384::ecdsa::Signature, CentralError> {
+        use p384::ecdsa::signature::hazmat::PrehashSigner;
+        self.key
+            .sign_prehash(digest)
+            .map_err(|_| CentralError::Signing)
     }
 
     /// Certifies a personalization unit's key (claim 6): a [`Role::Personalizer`]
