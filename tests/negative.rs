@@ -837,6 +837,13 @@ impl KeyMemory for EraseFails {
     ) -> Result<p384::ecdsa::Signature, imprint_apdu::keymem::KeyMemoryError> {
         self.0.sign_digest(slot, digest)
     }
+    fn agree(
+        &mut self,
+        slot: KeySlot,
+        peer: &p384::PublicKey,
+    ) -> Result<zeroize::Zeroizing<[u8; 48]>, imprint_apdu::keymem::KeyMemoryError> {
+        self.0.agree(slot, peer)
+    }
     fn random(&mut self, out: &mut [u8]) -> Result<(), imprint_apdu::keymem::KeyMemoryError> {
         self.0.random(out)
     }

@@ -325,6 +325,13 @@ impl<K: KeyMemory> KeyMemory for FlakyCommits<K> {
     ) -> Result<Signature, KeyMemoryError> {
         self.inner.sign_digest(slot, digest)
     }
+    fn agree(
+        &mut self,
+        slot: KeySlot,
+        peer: &p384::PublicKey,
+    ) -> Result<zeroize::Zeroizing<[u8; 48]>, KeyMemoryError> {
+        self.inner.agree(slot, peer)
+    }
     fn random(&mut self, out: &mut [u8]) -> Result<(), KeyMemoryError> {
         self.inner.random(out)
     }

@@ -28,6 +28,8 @@ pub mod ins {
     pub const PSO: u8 = 0x2A;
     /// GET RESPONSE.
     pub const GET_RESPONSE: u8 = 0xC0;
+    /// INTERNAL AUTHENTICATE: open a transaction session with the key set.
+    pub const INTERNAL_AUTHENTICATE: u8 = 0x88;
 }
 
 /// P1 of GENERATE ASYMMETRIC KEY PAIR: generate a new pair.
@@ -44,8 +46,17 @@ pub const KEY_REF_MODULE: u8 = 0x02;
 pub const SUITE_P384_AES256GCM: u8 = 0x01;
 /// P2 of AUTHENTICATE: first step (MUTUAL AUTHENTICATE, unit to module).
 pub const AUTH_STEP_OPEN: u8 = 0x00;
-/// P2 of AUTHENTICATE: second step (EXTERNAL AUTHENTICATE of the unit).
+/// P2 of AUTHENTICATE: second step (EXTERNAL AUTHENTICATE of the unit, or of
+/// the central system on the operating channel).
 pub const AUTH_STEP_CONFIRM: u8 = 0x01;
+/// P2 of AUTHENTICATE: first step of the operating channel (MUTUAL
+/// AUTHENTICATE, central system to module; claims 1, 4).
+pub const AUTH_STEP_OPERATING_OPEN: u8 = 0x02;
+/// P2 of AUTHENTICATE: the central system's confirmation of a transaction
+/// session (EXTERNAL AUTHENTICATE with the key set, claim 11).
+pub const AUTH_STEP_TRANSACTION_CONFIRM: u8 = 0x03;
+/// P2 of INTERNAL AUTHENTICATE: open a transaction session.
+pub const TRANSACTION_OPEN: u8 = 0x00;
 
 /// P1-P2 of PUT DATA: the data field is a list of BER-TLV data objects.
 pub const PUT_DATA_TLV: u16 = 0x3FFF;
@@ -60,6 +71,17 @@ pub const PIN_REF_USER: u8 = 0x81;
 /// P1-P2 of PERFORM SECURITY OPERATION: COMPUTE DIGITAL SIGNATURE, the
 /// response is the signature (`9E`) and the data field the input to sign (`9A`).
 pub const PSO_CDS: u16 = 0x9E9A;
+/// P1-P2 of PERFORM SECURITY OPERATION: ENCIPHER, a transaction message to the
+/// central system: the data field is the payload, the response its cryptogram.
+pub const PSO_ENCIPHER: u16 = 0x8680;
+/// P1-P2 of PERFORM SECURITY OPERATION: DECIPHER, the central system's receipt:
+/// the data field is the cryptogram, the response the receipt.
+pub const PSO_DECIPHER: u16 = 0x8086;
+
+/// Largest transaction payload the module seals (bytes).
+pub const TRANSACTION_PAYLOAD_MAX: usize = 4096;
+/// Largest receipt the module opens (bytes of plaintext).
+pub const RECEIPT_MAX: usize = 4096;
 
 /// How many wrong PIN presentations in a row block the PIN. A successful
 /// VERIFY resets the counter to this value; nothing else raises it.
@@ -81,6 +103,33 @@ pub mod tag {
     pub const AUTH_EPHEMERAL: u32 = 0x85;
     /// Inside `7C`: the module's nonce for this personalization (16 bytes, claim 9).
     pub const AUTH_NONCE: u32 = 0x8A;
+    /// Inside `7C`: the module's chain certificate on the operating channel
+    /// (the unit's certificate issued by the central system).
+    pub const AUTH_CHAIN_CERTIFICATE: u32 = 0xA1;
+    /// Inside `7C`: a transaction key set identifier (16 bytes).
+    pub const AUTH_KEY_SET_ID: u32 = 0x86;
+    /// Inside `7C`: the transaction session counter (4 bytes, big-endian).
+    pub const AUTH_SESSION_COUNTER: u32 = 0x87;
+
+    /// The transaction key set (claim 11), in PUT DATA on the operating channel.
+    pub const KEY_SET: u32 = 0xDF28;
+    /// Inside `DF28`: identifier, 16 bytes.
+    pub const KEY_SET_ID: u32 = 0xC0;
+    /// Inside `DF28`: the key, 32 bytes.
+    pub const KEY_SET_KEY: u32 = 0xC1;
+    /// Inside `DF28`: end of the key set's lifetime, Unix seconds, 8 bytes big-endian.
+    pub const KEY_SET_EXPIRES: u32 = 0xC2;
+    /// Key set status (GET DATA): `C0` identifier, `C2` expiry, `C3` session counter.
+    pub const KEY_SET_STATUS: u32 = 0xDF29;
+    /// Inside `DF29`: the session counter of the last transaction session, 4 bytes.
+    pub const KEY_SET_COUNTER: u32 = 0xC3;
+
+    /// Inside a receipt: the central system's journal number, 8 bytes.
+    pub const RECEIPT_NUMBER: u32 = 0xC0;
+    /// Inside a receipt: SHA-384 of the payload it acknowledges.
+    pub const RECEIPT_DIGEST: u32 = 0xC1;
+    /// Inside a receipt: the application's reply, opaque.
+    pub const RECEIPT_REPLY: u32 = 0xC2;
 
     /// Secure messaging: cryptogram, data not encoded in BER-TLV (ISO 7816-4).
     pub const SM_CRYPTOGRAM: u32 = 0x85;
@@ -147,6 +196,10 @@ pub mod len {
     /// The length of the digest value the module key signs: the byte length of
     /// the P-384 group order (384 bits).
     pub const FIELD_DIGEST: usize = 48;
+    /// A transaction key set identifier.
+    pub const KEY_SET_ID: usize = 16;
+    /// A transaction key set's key (AES-256 / HMAC-SHA384 input keying material).
+    pub const KEY_SET_KEY: usize = 32;
 }
 
 /// The module's lifecycle (DESIGN §3).

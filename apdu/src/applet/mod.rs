@@ -11,6 +11,8 @@
 //!                                                        └──────────── TERMINATE (erases) ──────────────┘
 //!
 //!   OPERATING: VERIFY (user PIN, counter committed before the comparison) ──▶ PSO: COMPUTE DIGITAL SIGNATURE
+//!              operating channel (central system, claims 1, 4) ──PUT DATA(key set)──▶ key memory (claim 11)
+//!              transaction session (key set only) ──▶ PSO: ENCIPHER (message) / DECIPHER (receipt)
 //! ```
 //!
 //! Volatile state (the open channel, a pending chain, pending response bytes,
@@ -23,12 +25,13 @@ use alloc::vec::Vec;
 use p384::PublicKey;
 use zeroize::Zeroize;
 
+use crate::channel::transaction::{TransactionKeys, TransactionSession, TransactionValues};
 use crate::channel::{
-    self, ChannelKind, HandshakeValues, Role, SecureMessaging, SessionKeys, derive_scalar,
-    encode_point, parse_point, sha384,
+    self, ChannelKind, HandshakeValues, OperatingValues, Role, SecureMessaging, SessionKeys,
+    derive_scalar, encode_point, parse_point, sha384,
 };
 use crate::iso::{CLA_CHAIN, CLA_SM, Command, Response, sw};
-use crate::keymem::{self, KeyMemory, KeyMemoryError, KeySlot, PinRecord, Records};
+use crate::keymem::{self, KeyMemory, KeyMemoryError, KeySetRecord, KeySlot, PinRecord, Records};
 use crate::pki::{self, Certificate};
 use crate::proto::{self, Lifecycle, ins, len, tag};
 use crate::tlv::{self, TlvError};
@@ -53,6 +56,31 @@ enum Session {
     None,
     Opened(Box<Opening>),
     Established(Box<Established>),
+    /// The operating channel, waiting for the central system's confirmation.
+    OperatingOpened(Box<OperatingOpening>),
+    /// The operating channel, open.
+    Operating(Box<SecureMessaging>),
+    /// A transaction session, waiting for the central system's confirmation.
+    TransactionOpened(Box<TransactionOpening>),
+    /// A transaction session, open.
+    Transaction(Box<TransactionState>),
+}
+
+struct OperatingOpening {
+    keys: SessionKeys,
+    th: channel::Digest48,
+    central: Certificate,
+}
+
+struct TransactionOpening {
+    keys: TransactionKeys,
+    th: channel::Digest48,
+}
+
+struct TransactionState {
+    session: TransactionSession,
+    /// SHA-384 of the payload sealed last, until its receipt arrives.
+    awaiting_receipt: Option<channel::Digest48>,
 }
 
 struct Opening {
@@ -291,20 +319,30 @@ impl<K: KeyMemory> Applet<K> {
             ins::GENERATE_KEY => self.generate_plain(p1, p2, data),
             ins::PUT_DATA => self.put_data_plain(p1, p2, data),
             ins::AUTHENTICATE => self.authenticate(p1, p2, data),
+            ins::INTERNAL_AUTHENTICATE => self.open_transaction(p1, p2, data),
             ins::VERIFY => self.verify(p1, p2, data),
-            ins::PSO => self.compute_signature(p1, p2, data),
+            ins::PSO => self.security_operation(p1, p2, data),
             ins::TERMINATE => Err(Sw(sw::SECURITY_STATUS)),
             _ => Err(Sw(sw::INS_NOT_SUPPORTED)),
         };
         finish(outcome)
     }
 
+    fn secure_messaging(&mut self) -> Option<&mut SecureMessaging> {
+        match &mut self.session {
+            Session::Established(session) => Some(&mut session.sm),
+            Session::Operating(sm) => Some(sm),
+            _ => None,
+        }
+    }
+
     fn dispatch_secured(&mut self, header: [u8; 4], field: &[u8]) -> (Vec<u8>, u16) {
-        let Session::Established(session) = &mut self.session else {
+        let operating = matches!(self.session, Session::Operating(_));
+        let Some(sm) = self.secure_messaging() else {
             self.session = Session::None;
             return (Vec::new(), sw::SECURITY_STATUS);
         };
-        let mut plain = match session.sm.open_command(header, field) {
+        let mut plain = match sm.open_command(header, field) {
             Ok(plain) => plain,
             Err(_) => {
                 // Any secure-messaging failure closes the channel, same SW for all.
@@ -313,25 +351,35 @@ impl<K: KeyMemory> Applet<K> {
             }
         };
         let [_, instruction, p1, p2] = header;
-        let outcome = match instruction {
-            ins::GET_DATA => self.get_data(p1, p2),
-            ins::GENERATE_KEY => self.generate_module_key(p1, p2, &plain),
-            ins::PUT_DATA => self.install(p1, p2, &plain),
-            ins::TERMINATE => self.terminate(p1, p2, &plain),
-            ins::PSO => self.compute_signature(p1, p2, &plain),
-            _ => Err(Sw(sw::INS_NOT_SUPPORTED)),
+        let outcome = match (operating, instruction) {
+            (true, ins::GET_DATA) => self.get_data(p1, p2),
+            (true, ins::PUT_DATA) => self.install_key_set(p1, p2, &plain),
+            (true, _) => Err(Sw(sw::INS_NOT_SUPPORTED)),
+            (false, ins) => self.dispatch_personalization(ins, p1, p2, &plain),
         };
         plain.zeroize();
         let (data, status) = finish(outcome);
-        let Session::Established(session) = &mut self.session else {
+        let Some(sm) = self.secure_messaging() else {
             return (Vec::new(), sw::SM_INCORRECT);
         };
-        match session.sm.seal_response(header, &data, status) {
+        match sm.seal_response(header, &data, status) {
             Ok(sealed) => (sealed, sw::OK),
             Err(_) => {
                 self.session = Session::None;
                 (Vec::new(), sw::SM_INCORRECT)
             }
+        }
+    }
+
+    /// The commands of an open personalization channel.
+    fn dispatch_personalization(&mut self, instruction: u8, p1: u8, p2: u8, plain: &[u8]) -> Outcome {
+        match instruction {
+            ins::GET_DATA => self.get_data(p1, p2),
+            ins::GENERATE_KEY => self.generate_module_key(p1, p2, plain),
+            ins::PUT_DATA => self.install(p1, p2, plain),
+            ins::TERMINATE => self.terminate(p1, p2, plain),
+            ins::PSO => self.compute_signature(p1, p2, plain),
+            _ => Err(Sw(sw::INS_NOT_SUPPORTED)),
         }
     }
 
@@ -382,6 +430,13 @@ impl<K: KeyMemory> Applet<K> {
                 .memory
                 .public_key(KeySlot::Identity)?
                 .map(|key| public_key_template(&key)),
+            tag::KEY_SET_STATUS => records.key_set.as_ref().map(|key_set| {
+                let mut status = Vec::with_capacity(40);
+                tlv::write(&mut status, tag::KEY_SET_ID, &key_set.id);
+                tlv::write(&mut status, tag::KEY_SET_EXPIRES, &key_set.expires.to_be_bytes());
+                tlv::write(&mut status, tag::KEY_SET_COUNTER, &key_set.counter.to_be_bytes());
+                status
+            }),
             _ => return Err(Sw(sw::DATA_NOT_FOUND)),
         };
         object.ok_or(Sw(sw::DATA_NOT_FOUND))
@@ -462,12 +517,24 @@ impl<K: KeyMemory> Applet<K> {
                 self.session = Session::None;
                 self.open_channel(data)
             }
+            proto::AUTH_STEP_OPERATING_OPEN => {
+                self.session = Session::None;
+                self.open_operating(data)
+            }
             proto::AUTH_STEP_CONFIRM => {
-                let session = core::mem::replace(&mut self.session, Session::None);
-                let Session::Opened(opening) = session else {
+                match core::mem::replace(&mut self.session, Session::None) {
+                    Session::Opened(opening) => self.confirm_channel(*opening, data),
+                    Session::OperatingOpened(opening) => self.confirm_operating(*opening, data),
+                    _ => Err(Sw(sw::CONDITIONS)),
+                }
+            }
+            proto::AUTH_STEP_TRANSACTION_CONFIRM => {
+                let Session::TransactionOpened(opening) =
+                    core::mem::replace(&mut self.session, Session::None)
+                else {
                     return Err(Sw(sw::CONDITIONS));
                 };
-                self.confirm_channel(*opening, data)
+                self.confirm_transaction(*opening, data)
             }
             _ => Err(Sw(sw::WRONG_P1P2)),
         }
@@ -812,6 +879,268 @@ impl<K: KeyMemory> Applet<K> {
         Ok(Vec::new())
     }
 
+    /// MUTUAL AUTHENTICATE of the operating channel (claims 1, 4): the central
+    /// system presents its root certificate, which must carry the key the
+    /// module took as its anchor at personalization. The module answers with
+    /// its module certificate and chain, and proves its module key through
+    /// the static-ephemeral secret in the key schedule.
+    fn open_operating(&mut self, data: &[u8]) -> Outcome {
+        if self.records.lifecycle != Lifecycle::Operating {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        let (Some(anchor_der), Some(module_der), Some(unit_der)) = (
+            &self.records.central_cert,
+            &self.records.module_cert,
+            &self.records.unit_cert,
+        ) else {
+            return Err(Sw(sw::CONDITIONS));
+        };
+        let template = tlv::decode_single(data, tag::DYN_AUTH)?;
+        let [cert, ephemeral, challenge] = tlv::decode_fields(
+            template,
+            [
+                tag::AUTH_CERTIFICATE,
+                tag::AUTH_EPHEMERAL,
+                tag::AUTH_CHALLENGE,
+            ],
+        )?;
+        let central_der = tlv::required(cert, tag::AUTH_CERTIFICATE)?;
+        let central_ephemeral = tlv::required(ephemeral, tag::AUTH_EPHEMERAL)?;
+        let central_challenge: [u8; len::CHALLENGE] =
+            tlv::required_array(challenge, tag::AUTH_CHALLENGE)?;
+        let peer = parse_point(central_ephemeral).map_err(|_| Sw(sw::WRONG_DATA))?;
+
+        // Claim 4: the central system is the one whose key came with the module
+        // certificate; nothing else is trusted here.
+        let central = Certificate::from_der(central_der)?;
+        expect_role(&central, pki::Role::Central)?;
+        pki::verify_self_signed_root(&central, pki::Role::Central)?;
+        let anchor = Certificate::from_der(anchor_der).map_err(|_| Sw(sw::MEMORY_FAILURE))?;
+        if central.public_key_sec1() != anchor.public_key_sec1()
+            || central.subject_der() != anchor.subject_der()
+        {
+            return Err(Sw(sw::SECURITY_STATUS));
+        }
+        pki::check_not_expired(&central, self.records.time_watermark)?;
+
+        let mut randomness = zeroize::Zeroizing::new([0u8; 48]);
+        self.memory.random(&mut randomness[..])?;
+        let ephemeral_secret = zeroize::Zeroizing::new(
+            derive_scalar(&randomness, &[], b"ephemeral").ok_or(Sw(sw::UNKNOWN))?,
+        );
+        let ephemeral_point = encode_point(&PublicKey::from_secret_scalar(&ephemeral_secret));
+        let mut module_challenge = [0u8; len::CHALLENGE];
+        self.memory.random(&mut module_challenge)?;
+        let ephemeral_ephemeral = channel::ecdh(&ephemeral_secret, &peer);
+        let ephemeral_static = self.memory.agree(KeySlot::Module, &peer)?;
+
+        let th = OperatingValues {
+            central_cert_hash: &sha384(central_der),
+            central_ephemeral,
+            central_challenge: &central_challenge,
+            module_cert_hash: &sha384(module_der),
+            unit_cert_hash: &sha384(unit_der),
+            module_ephemeral: &ephemeral_point,
+            module_challenge: &module_challenge,
+        }
+        .transcript_hash();
+        let keys = SessionKeys::derive_operating(&ephemeral_ephemeral, &ephemeral_static, &th);
+        let confirmation = keys
+            .confirmation(Role::Module, &th)
+            .map_err(|_| Sw(sw::UNKNOWN))?;
+
+        let mut template = Vec::with_capacity(module_der.len() + unit_der.len() + 256);
+        tlv::write(&mut template, tag::AUTH_CERTIFICATE, module_der);
+        tlv::write(&mut template, tag::AUTH_CHAIN_CERTIFICATE, unit_der);
+        tlv::write(&mut template, tag::AUTH_EPHEMERAL, &ephemeral_point);
+        tlv::write(&mut template, tag::AUTH_CHALLENGE, &module_challenge);
+        tlv::write(&mut template, tag::AUTH_CONFIRMATION, &confirmation);
+        self.session = Session::OperatingOpened(Box::new(OperatingOpening { keys, th, central }));
+        Ok(tlv::encode(tag::DYN_AUTH, &template))
+    }
+
+    /// EXTERNAL AUTHENTICATE of the central system: its signature with `C`
+    /// over the transcript, checked with the anchor, and its key confirmation.
+    fn confirm_operating(&mut self, opening: OperatingOpening, data: &[u8]) -> Outcome {
+        let template = tlv::decode_single(data, tag::DYN_AUTH)?;
+        let [signature, confirmation] =
+            tlv::decode_fields(template, [tag::AUTH_SIGNATURE, tag::AUTH_CONFIRMATION])?;
+        let signature = tlv::required(signature, tag::AUTH_SIGNATURE)?;
+        let confirmation = tlv::required(confirmation, tag::AUTH_CONFIRMATION)?;
+        let digest = channel::signed_digest(Role::Central, &opening.th);
+        channel::verify_raw_signature(opening.central.public_key(), &digest, signature)
+            .map_err(|_| Sw(sw::AUTHENTICATION_FAILED))?;
+        opening
+            .keys
+            .verify_confirmation(Role::Central, &opening.th, confirmation)
+            .map_err(|_| Sw(sw::AUTHENTICATION_FAILED))?;
+        let OperatingOpening { keys, .. } = opening;
+        self.session = Session::Operating(Box::new(keys.into_secure_messaging()));
+        Ok(Vec::new())
+    }
+
+    /// PUT DATA of a transaction key set on the operating channel (claim 11):
+    /// it replaces any earlier set, and its session counter starts at zero.
+    fn install_key_set(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if u16::from_be_bytes([p1, p2]) != proto::PUT_DATA_TLV {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        if self.records.lifecycle != Lifecycle::Operating {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        let template = tlv::decode_single(data, tag::KEY_SET)?;
+        let [id, key, expires] = tlv::decode_fields(
+            template,
+            [tag::KEY_SET_ID, tag::KEY_SET_KEY, tag::KEY_SET_EXPIRES],
+        )?;
+        let key_set = KeySetRecord {
+            id: tlv::required_array(id, tag::KEY_SET_ID)?,
+            key: tlv::required_array(key, tag::KEY_SET_KEY)?,
+            expires: u64::from_be_bytes(tlv::required_array(expires, tag::KEY_SET_EXPIRES)?),
+            counter: 0,
+        };
+        let mut records = self.records.clone();
+        records.key_set = Some(key_set);
+        self.commit(records)?;
+        Ok(Vec::new())
+    }
+
+    /// INTERNAL AUTHENTICATE: opens a transaction session on the key set. The
+    /// session counter is advanced and committed before anything else, so no
+    /// two sessions ever share a counter, even across power loss.
+    fn open_transaction(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        self.session = Session::None;
+        if p1 != proto::SUITE_P384_AES256GCM || p2 != proto::TRANSACTION_OPEN {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        if self.records.lifecycle != Lifecycle::Operating {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        self.require_pin()?;
+        let template = tlv::decode_single(data, tag::DYN_AUTH)?;
+        let [challenge] = tlv::decode_fields(template, [tag::AUTH_CHALLENGE])?;
+        let central_challenge: [u8; len::CHALLENGE] =
+            tlv::required_array(challenge, tag::AUTH_CHALLENGE)?;
+        let serial = self.serial.ok_or(Sw(sw::CONDITIONS))?;
+        let mut records = self.records.clone();
+        let key_set = records.key_set.as_mut().ok_or(Sw(sw::DATA_NOT_FOUND))?;
+        key_set.counter = key_set.counter.checked_add(1).ok_or(Sw(sw::CONDITIONS))?;
+        let counter = key_set.counter;
+        self.commit(records)?;
+
+        let mut module_challenge = [0u8; len::CHALLENGE];
+        self.memory.random(&mut module_challenge)?;
+        let key_set = self.records.key_set.as_ref().ok_or(Sw(sw::MEMORY_FAILURE))?;
+        let th = TransactionValues {
+            key_set_id: &key_set.id,
+            serial: &serial,
+            central_challenge: &central_challenge,
+            module_challenge: &module_challenge,
+            session_counter: counter,
+        }
+        .transcript_hash();
+        let keys = TransactionKeys::derive(&key_set.key, &th);
+        let confirmation = keys
+            .confirmation(Role::Module, &th)
+            .map_err(|_| Sw(sw::UNKNOWN))?;
+        let mut template = Vec::with_capacity(160);
+        tlv::write(&mut template, tag::AUTH_KEY_SET_ID, &key_set.id);
+        tlv::write(&mut template, tag::AUTH_CHALLENGE, &module_challenge);
+        tlv::write(&mut template, tag::AUTH_SESSION_COUNTER, &counter.to_be_bytes());
+        tlv::write(&mut template, tag::AUTH_CONFIRMATION, &confirmation);
+        self.session = Session::TransactionOpened(Box::new(TransactionOpening { keys, th }));
+        Ok(tlv::encode(tag::DYN_AUTH, &template))
+    }
+
+    /// EXTERNAL AUTHENTICATE of the central system on a transaction session.
+    fn confirm_transaction(&mut self, opening: TransactionOpening, data: &[u8]) -> Outcome {
+        let template = tlv::decode_single(data, tag::DYN_AUTH)?;
+        let [confirmation] = tlv::decode_fields(template, [tag::AUTH_CONFIRMATION])?;
+        let confirmation = tlv::required(confirmation, tag::AUTH_CONFIRMATION)?;
+        opening
+            .keys
+            .verify_confirmation(Role::Central, &opening.th, confirmation)
+            .map_err(|_| Sw(sw::AUTHENTICATION_FAILED))?;
+        let TransactionOpening { keys, th } = opening;
+        self.session = Session::Transaction(Box::new(TransactionState {
+            session: keys.into_session(&th),
+            awaiting_receipt: None,
+        }));
+        Ok(Vec::new())
+    }
+
+    /// PERFORM SECURITY OPERATION, by P1-P2.
+    fn security_operation(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        match u16::from_be_bytes([p1, p2]) {
+            proto::PSO_ENCIPHER => self.seal_transaction_message(data),
+            proto::PSO_DECIPHER => self.open_transaction_receipt(data),
+            _ => self.compute_signature(p1, p2, data),
+        }
+    }
+
+    /// ENCIPHER: the next transaction message, sealed for the central system.
+    /// One message at a time: the next waits for this one's receipt.
+    fn seal_transaction_message(&mut self, payload: &[u8]) -> Outcome {
+        if payload.len() > proto::TRANSACTION_PAYLOAD_MAX {
+            return Err(Sw(sw::WRONG_LENGTH));
+        }
+        self.require_pin()?;
+        let Session::Transaction(state) = &mut self.session else {
+            return Err(Sw(sw::SECURITY_STATUS));
+        };
+        if state.awaiting_receipt.is_some() {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        match state.session.seal_message(payload) {
+            Ok((_, sealed)) => {
+                state.awaiting_receipt = Some(sha384(payload));
+                Ok(sealed)
+            }
+            Err(_) => {
+                self.session = Session::None;
+                Err(Sw(sw::CONDITIONS))
+            }
+        }
+    }
+
+    /// DECIPHER: the central system's receipt for the message sealed last.
+    /// Any failure closes the session.
+    fn open_transaction_receipt(&mut self, field: &[u8]) -> Outcome {
+        let Session::Transaction(state) = &mut self.session else {
+            return Err(Sw(sw::SECURITY_STATUS));
+        };
+        let Some(expected) = state.awaiting_receipt else {
+            return Err(Sw(sw::CONDITIONS));
+        };
+        let receipt = match state.session.open_receipt(field) {
+            Ok(receipt) if receipt.len() <= proto::RECEIPT_MAX => receipt,
+            _ => {
+                self.session = Session::None;
+                return Err(Sw(sw::SM_INCORRECT));
+            }
+        };
+        let acknowledged = tlv::decode_fields(
+            &receipt,
+            [tag::RECEIPT_NUMBER, tag::RECEIPT_DIGEST, tag::RECEIPT_REPLY],
+        )
+        .ok()
+        .and_then(|[number, digest, _]| number.filter(|n| n.len() == 8).and(digest));
+        if acknowledged != Some(&expected[..]) {
+            self.session = Session::None;
+            return Err(Sw(sw::SECURITY_STATUS));
+        }
+        state.awaiting_receipt = None;
+        Ok(receipt)
+    }
+
+    /// With a PIN set, key use needs it verified since the last reset.
+    fn require_pin(&self) -> Result<(), Sw> {
+        if self.records.pin.is_some() && !self.pin_verified {
+            return Err(Sw(sw::SECURITY_STATUS));
+        }
+        Ok(())
+    }
+
     /// PERFORM SECURITY OPERATION: COMPUTE DIGITAL SIGNATURE with the module
     /// key over a digest the host computed. Response: raw `r ‖ s`.
     fn compute_signature(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
@@ -821,9 +1150,7 @@ impl<K: KeyMemory> Applet<K> {
         if self.records.lifecycle != Lifecycle::Operating {
             return Err(Sw(sw::CONDITIONS));
         }
-        if self.records.pin.is_some() && !self.pin_verified {
-            return Err(Sw(sw::SECURITY_STATUS));
-        }
+        self.require_pin()?;
         let value = keymem::ecdsa_hash_value(data).ok_or(Sw(sw::WRONG_LENGTH))?;
         let signature = self.memory.sign_digest(KeySlot::Module, &value)?;
         Ok(signature.to_bytes().to_vec())

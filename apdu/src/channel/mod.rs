@@ -14,7 +14,15 @@
 //!   | ◀═════════ AES-256-GCM, one counter, one key per direction ═════════▶ |
 //! ```
 //!
-//! `docs/protocol.md` specifies every byte; `tests.rs` checks its test vector.
+//! The operating channel (claims 1, 4, 11) has the same shape between the
+//! central system and an OPERATING module, with two differences: the central
+//! system signs with `C`, which the module checks against its anchor; the
+//! module proves its module key by static-ephemeral ECDH mixed into the key
+//! schedule (something COMPUTE DIGITAL SIGNATURE can never produce), and
+//! confirms with its MAC. [`transaction`] holds the symmetric sessions that
+//! follow on the key set the operating channel installed.
+//!
+//! `docs/protocol.md` specifies every byte; `tests.rs` checks its test vectors.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -36,12 +44,18 @@ use crate::tlv;
 pub enum ChannelKind {
     /// Personalization unit ↔ module (claims 3, 7, 8, 9).
     Personalization,
+    /// Central system ↔ operating module (claims 1, 4, 11).
+    Operating,
+    /// A transaction session on a key set (claim 11).
+    Transaction,
 }
 
 impl ChannelKind {
     fn label(self) -> &'static [u8] {
         match self {
             Self::Personalization => b"imprint v1 personalization channel",
+            Self::Operating => b"imprint v1 operating channel",
+            Self::Transaction => b"imprint v1 transaction session",
         }
     }
 }
@@ -49,10 +63,13 @@ impl ChannelKind {
 /// Who signs or MACs: part of every signed and MACed message (no reflection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The personalization unit (or later the central system): the side that opens.
+    /// The personalization unit: the side that opens a personalization channel.
     Unit,
     /// The security module.
     Module,
+    /// The central system: the side that opens an operating channel and
+    /// confirms transaction sessions.
+    Central,
 }
 
 impl Role {
@@ -60,12 +77,14 @@ impl Role {
         match self {
             Self::Unit => b"imprint v1 signature by unit",
             Self::Module => b"imprint v1 signature by module",
+            Self::Central => b"imprint v1 signature by central",
         }
     }
     fn confirmation_label(self) -> &'static [u8] {
         match self {
             Self::Unit => b"imprint v1 key confirmation unit",
             Self::Module => b"imprint v1 key confirmation module",
+            Self::Central => b"imprint v1 key confirmation central",
         }
     }
 }
@@ -208,6 +227,52 @@ impl HandshakeValues<'_> {
     }
 }
 
+/// The operating handshake's public values, in transcript order.
+#[derive(Debug, Clone, Copy)]
+pub struct OperatingValues<'a> {
+    /// SHA-384 of the central system's root certificate DER.
+    pub central_cert_hash: &'a Digest48,
+    /// The central system's ephemeral point.
+    pub central_ephemeral: &'a [u8],
+    /// The central system's challenge.
+    pub central_challenge: &'a [u8],
+    /// SHA-384 of the module certificate DER.
+    pub module_cert_hash: &'a Digest48,
+    /// SHA-384 of the unit's certificate issued by the central system.
+    pub unit_cert_hash: &'a Digest48,
+    /// The module's ephemeral point.
+    pub module_ephemeral: &'a [u8],
+    /// The module's challenge.
+    pub module_challenge: &'a [u8],
+}
+
+impl OperatingValues<'_> {
+    /// TH over all the values.
+    pub fn transcript_hash(&self) -> Digest48 {
+        let mut transcript = Transcript::new(ChannelKind::Operating);
+        for field in [
+            &self.central_cert_hash[..],
+            self.central_ephemeral,
+            self.central_challenge,
+            &self.module_cert_hash[..],
+            &self.unit_cert_hash[..],
+            self.module_ephemeral,
+            self.module_challenge,
+        ] {
+            transcript.append(field);
+        }
+        transcript.finish()
+    }
+}
+
+/// The x-coordinate of `secret · peer`: an ECDH shared secret.
+pub fn ecdh(secret: &NonZeroScalar, peer: &PublicKey) -> zeroize::Zeroizing<[u8; 48]> {
+    let shared = diffie_hellman(secret, peer.as_affine());
+    let mut out = zeroize::Zeroizing::new([0u8; 48]);
+    out.copy_from_slice(shared.raw_secret_bytes());
+    out
+}
+
 /// The keys of one channel, derived from the ECDH secret and TH.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct SessionKeys {
@@ -220,8 +285,25 @@ pub struct SessionKeys {
 impl SessionKeys {
     /// HKDF-SHA384 with salt TH over the x-coordinate of `secret · peer`.
     pub fn derive(secret: &NonZeroScalar, peer: &PublicKey, th: &Digest48) -> Self {
-        let shared = diffie_hellman(secret, peer.as_affine());
-        let kdf = shared.extract::<Sha384>(Some(th));
+        Self::expand(&ecdh(secret, peer)[..], th)
+    }
+
+    /// The operating channel's keys: HKDF-SHA384 with salt TH over
+    /// `Z_ee ‖ Z_se`, the ephemeral-ephemeral secret followed by the secret of
+    /// the central system's ephemeral key with the module key.
+    pub fn derive_operating(
+        ephemeral_ephemeral: &[u8; 48],
+        ephemeral_static: &[u8; 48],
+        th: &Digest48,
+    ) -> Self {
+        let mut ikm = zeroize::Zeroizing::new([0u8; 96]);
+        ikm[..48].copy_from_slice(ephemeral_ephemeral);
+        ikm[48..].copy_from_slice(ephemeral_static);
+        Self::expand(&ikm[..], th)
+    }
+
+    fn expand(ikm: &[u8], th: &Digest48) -> Self {
+        let kdf = hkdf::Hkdf::<Sha384>::new(Some(th), ikm);
         let mut keys = Self {
             command_key: [0; 32],
             response_key: [0; 32],
@@ -266,7 +348,7 @@ impl SessionKeys {
 
     fn confirmation_mac(&self, role: Role, th: &Digest48) -> Result<Hmac<Sha384>, ChannelError> {
         let key = match role {
-            Role::Unit => &self.unit_confirmation_key,
+            Role::Unit | Role::Central => &self.unit_confirmation_key,
             Role::Module => &self.module_confirmation_key,
         };
         let mut mac = <Hmac<Sha384> as hmac::KeyInit>::new_from_slice(key)
@@ -446,7 +528,7 @@ impl SecureMessaging {
     }
 }
 
-fn frame(sealed: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(sealed: &[u8]) -> Vec<u8> {
     let split = sealed.len().saturating_sub(TAG_LEN);
     let (ciphertext, gcm_tag) = sealed.split_at(split);
     let mut out = Vec::with_capacity(sealed.len() + 8);
@@ -455,7 +537,7 @@ fn frame(sealed: &[u8]) -> Vec<u8> {
     out
 }
 
-fn unframe(field: &[u8]) -> Result<Vec<u8>, ChannelError> {
+pub(crate) fn unframe(field: &[u8]) -> Result<Vec<u8>, ChannelError> {
     let [ciphertext, gcm_tag] = tlv::decode_fields(field, [tag::SM_CRYPTOGRAM, tag::SM_MAC])
         .map_err(|_| ChannelError::SecureMessaging)?;
     let ciphertext = ciphertext.ok_or(ChannelError::SecureMessaging)?;
@@ -468,6 +550,8 @@ fn unframe(field: &[u8]) -> Result<Vec<u8>, ChannelError> {
     sealed.extend_from_slice(gcm_tag);
     Ok(sealed)
 }
+
+pub mod transaction;
 
 #[cfg(test)]
 mod tests;

@@ -164,7 +164,9 @@ impl KeyMemory for FileKeyMemory {
     }
 
     fn commit(&mut self, records: &Records) -> Result<(), KeyMemoryError> {
-        self.replace_file(&self.dir.join(RECORDS_FILE), &records.encode())
+        // The records may hold the transaction key set.
+        let encoded = Zeroizing::new(records.encode());
+        self.replace_file(&self.dir.join(RECORDS_FILE), &encoded)
     }
 
     fn generate(&mut self, slot: KeySlot, variation: &[u8]) -> Result<PublicKey, KeyMemoryError> {
@@ -198,6 +200,15 @@ impl KeyMemory for FileKeyMemory {
         let key = self.signing_key(slot)?.ok_or(KeyMemoryError::NoKey)?;
         key.sign_prehash_with_rng(&mut getrandom::SysRng, digest)
             .map_err(|_| KeyMemoryError::Crypto)
+    }
+
+    fn agree(
+        &mut self,
+        slot: KeySlot,
+        peer: &PublicKey,
+    ) -> Result<Zeroizing<[u8; 48]>, KeyMemoryError> {
+        let key = self.signing_key(slot)?.ok_or(KeyMemoryError::NoKey)?;
+        Ok(crate::channel::ecdh(key.as_nonzero_scalar(), peer))
     }
 
     fn random(&mut self, out: &mut [u8]) -> Result<(), KeyMemoryError> {

@@ -143,6 +143,15 @@ impl KeyMemory for MemoryKeyMemory {
             .map_err(|_| KeyMemoryError::Crypto)
     }
 
+    fn agree(
+        &mut self,
+        slot: KeySlot,
+        peer: &PublicKey,
+    ) -> Result<Zeroizing<[u8; 48]>, KeyMemoryError> {
+        let key = self.slot(slot).as_ref().ok_or(KeyMemoryError::NoKey)?;
+        Ok(crate::channel::ecdh(key.as_nonzero_scalar(), peer))
+    }
+
     fn random(&mut self, out: &mut [u8]) -> Result<(), KeyMemoryError> {
         self.drbg.fill(out);
         Ok(())

@@ -78,6 +78,48 @@ pub struct Records {
     /// The user PIN's verifier and retry counter, if a PIN was set at
     /// personalization. Operational material: erased with the module key.
     pub pin: Option<PinRecord>,
+    /// The transaction key set the central system installed (claim 11).
+    /// Operational material: erased with the module key.
+    pub key_set: Option<KeySetRecord>,
+}
+
+/// A transaction key set as the module keeps it (claim 11).
+///
+/// `Debug` shows the identifier, expiry and counter, never the key; the key
+/// is zeroized on drop and compared in constant time.
+#[derive(Clone, Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct KeySetRecord {
+    /// Identifier chosen by the central system.
+    pub id: [u8; crate::proto::len::KEY_SET_ID],
+    /// The key.
+    pub key: [u8; crate::proto::len::KEY_SET_KEY],
+    /// End of the lifetime the central system set (Unix seconds). The module
+    /// has no clock: it reports this; the central system enforces it.
+    pub expires: u64,
+    /// Session counter of the last transaction session opened on this set.
+    pub counter: u32,
+}
+
+impl PartialEq for KeySetRecord {
+    fn eq(&self, other: &Self) -> bool {
+        let key_equal: bool = self.key.ct_eq(&other.key).into();
+        key_equal
+            && self.id == other.id
+            && self.expires == other.expires
+            && self.counter == other.counter
+    }
+}
+
+impl Eq for KeySetRecord {}
+
+impl core::fmt::Debug for KeySetRecord {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KeySetRecord")
+            .field("id", &self.id)
+            .field("expires", &self.expires)
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the module keeps of the user PIN: a salted SHA-384 verifier and the
@@ -147,19 +189,22 @@ mod record_tag {
     pub const COUNT: u32 = 0xC8;
     pub const PIN_VERIFIER: u32 = 0xC9;
     pub const PIN_TRIES: u32 = 0xCA;
+    pub const KEY_SET: u32 = 0xCB;
+    pub const KEY_SET_COUNTER: u32 = 0xCC;
 }
 
 const RECORDS_VERSION: u8 = 1;
 
 impl Records {
     /// Drops everything operational (claim 2): module certificate, central
-    /// anchor, unit certificate, and the user PIN with its retry counter.
-    /// Identity and checking certificates stay.
+    /// anchor, unit certificate, the user PIN with its retry counter, and the
+    /// transaction key set. Identity and checking certificates stay.
     pub fn erase_operational(&mut self) {
         self.module_cert = None;
         self.unit_cert = None;
         self.central_cert = None;
         self.pin = None;
+        self.key_set = None;
     }
 
     /// Encodes as BER-TLV.
@@ -188,6 +233,15 @@ impl Records {
             tlv::write(&mut out, PIN_VERIFIER, &verifier);
             tlv::write(&mut out, PIN_TRIES, &[pin.tries_left]);
         }
+        if let Some(key_set) = &self.key_set {
+            let mut value = [0u8; KEY_SET_VALUE_LEN];
+            value[..16].copy_from_slice(&key_set.id);
+            value[16..48].copy_from_slice(&key_set.key);
+            value[48..].copy_from_slice(&key_set.expires.to_be_bytes());
+            tlv::write(&mut out, KEY_SET, &value);
+            value.zeroize();
+            tlv::write(&mut out, KEY_SET_COUNTER, &key_set.counter.to_be_bytes());
+        }
         out
     }
 
@@ -208,6 +262,8 @@ impl Records {
                 COUNT,
                 PIN_VERIFIER,
                 PIN_TRIES,
+                KEY_SET,
+                KEY_SET_COUNTER,
             ],
         )
         .map_err(|_| KeyMemoryError::Corrupt)?;
@@ -223,6 +279,8 @@ impl Records {
             count,
             pin_verifier,
             pin_tries,
+            key_set,
+            key_set_counter,
         ] = fields;
         let corrupt = |_| KeyMemoryError::Corrupt;
         if tlv::required_array::<1>(version, VERSION).map_err(corrupt)? != [RECORDS_VERSION] {
@@ -243,8 +301,31 @@ impl Records {
                 tlv::required_array(count, COUNT).map_err(corrupt)?,
             ),
             pin: decode_pin(pin_verifier, pin_tries)?,
+            key_set: decode_key_set(key_set, key_set_counter)?,
         })
     }
+}
+
+/// Identifier (16), key (32) and expiry (8).
+const KEY_SET_VALUE_LEN: usize = 56;
+
+fn decode_key_set(
+    value: Option<&[u8]>,
+    counter: Option<&[u8]>,
+) -> Result<Option<KeySetRecord>, KeyMemoryError> {
+    let (value, counter) = match (value, counter) {
+        (None, None) => return Ok(None),
+        (Some(value), Some(counter)) if value.len() == KEY_SET_VALUE_LEN => (value, counter),
+        _ => return Err(KeyMemoryError::Corrupt),
+    };
+    let (id, rest) = value.split_at(16);
+    let (key, expires) = rest.split_at(32);
+    Ok(Some(KeySetRecord {
+        id: id.try_into().map_err(|_| KeyMemoryError::Corrupt)?,
+        key: key.try_into().map_err(|_| KeyMemoryError::Corrupt)?,
+        expires: u64::from_be_bytes(expires.try_into().map_err(|_| KeyMemoryError::Corrupt)?),
+        counter: u32::from_be_bytes(counter.try_into().map_err(|_| KeyMemoryError::Corrupt)?),
+    }))
 }
 
 /// Brings a digest of 1 to 64 bytes to the 48-byte value that P-384 ECDSA
@@ -322,6 +403,15 @@ pub trait KeyMemory {
         slot: KeySlot,
         digest: &[u8; 48],
     ) -> Result<Signature, KeyMemoryError>;
+
+    /// ECDH with the key in `slot` and `peer`: the x-coordinate of the shared
+    /// point. Used only by the operating channel, where it proves possession
+    /// of the module key in a way a signature oracle cannot imitate.
+    fn agree(
+        &mut self,
+        slot: KeySlot,
+        peer: &PublicKey,
+    ) -> Result<zeroize::Zeroizing<[u8; 48]>, KeyMemoryError>;
 
     /// Fills `out` with random bytes from the memory's generator.
     fn random(&mut self, out: &mut [u8]) -> Result<(), KeyMemoryError>;

@@ -13,7 +13,39 @@ fn sample() -> Records {
         time_watermark: 1_800_000_000,
         personalizations: 3,
         pin: Some(PinRecord::new([9; PIN_SALT_LEN], b"1234")),
+        key_set: Some(KeySetRecord {
+            id: [7; 16],
+            key: [8; 32],
+            expires: 1_900_000_000,
+            counter: 41,
+        }),
     }
+}
+
+#[test]
+fn key_set_debug_never_shows_the_key() {
+    let text = alloc::format!("{:?}", sample());
+    assert!(text.contains("counter: 41"), "{text}");
+    assert!(!text.contains("8, 8, 8"), "{text}");
+}
+
+#[test]
+fn a_half_stored_key_set_is_corrupt() {
+    let mut bytes = Vec::new();
+    tlv::write(&mut bytes, record_tag::VERSION, &[RECORDS_VERSION]);
+    tlv::write(&mut bytes, record_tag::LIFECYCLE, &[Lifecycle::Operating.code()]);
+    tlv::write(&mut bytes, record_tag::WATERMARK, &0u64.to_be_bytes());
+    tlv::write(&mut bytes, record_tag::COUNT, &0u32.to_be_bytes());
+    let mut without_counter = bytes.clone();
+    tlv::write(&mut without_counter, record_tag::KEY_SET, &[0; KEY_SET_VALUE_LEN]);
+    assert_eq!(Records::decode(&without_counter), Err(KeyMemoryError::Corrupt));
+    let mut short = bytes.clone();
+    tlv::write(&mut short, record_tag::KEY_SET, &[0; KEY_SET_VALUE_LEN - 1]);
+    tlv::write(&mut short, record_tag::KEY_SET_COUNTER, &[0; 4]);
+    assert_eq!(Records::decode(&short), Err(KeyMemoryError::Corrupt));
+    tlv::write(&mut bytes, record_tag::KEY_SET, &[0; KEY_SET_VALUE_LEN]);
+    tlv::write(&mut bytes, record_tag::KEY_SET_COUNTER, &[0; 4]);
+    assert!(Records::decode(&bytes).is_ok_and(|records| records.key_set.is_some()));
 }
 
 #[test]

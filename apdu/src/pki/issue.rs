@@ -13,7 +13,12 @@ use der::{
     asn1::{Any, BitString, ObjectIdentifier, OctetString},
     pem::LineEnding,
 };
-use p384::ecdsa::{DerSignature, SigningKey, VerifyingKey, signature::Verifier};
+use p384::ecdsa::{
+    DerSignature, Signature, SigningKey, VerifyingKey,
+    signature::{self, Keypair, Signer, Verifier, hazmat::PrehashSigner},
+};
+use sha2::{Digest, Sha384};
+use spki::DynSignatureAlgorithmIdentifier;
 use x509_cert::{
     attr::AttributeTypeAndValue,
     builder::{Builder, CertificateBuilder, profile::BuilderProfile},
@@ -163,13 +168,49 @@ impl Validity {
     }
 }
 
+/// Length in bytes of a SHA-384 digest, what an [`IssuerSigner`] signs.
+pub const SHA384_DIGEST_LEN: usize = 48;
+
+/// A private key that signs certificates: ECDSA P-384 over a SHA-384 digest.
+///
+/// Implemented for [`SigningKey`] (a key in memory); a key held in an HSM implements it too, so
+/// an issuer's private key never has to leave the token. The trait is object safe:
+/// [`IssuerKey`] holds a `&dyn IssuerSigner`, to which a `&SigningKey` coerces at the struct
+/// literal.
+pub trait IssuerSigner {
+    /// The public half of the key.
+    fn public_key(&self) -> VerifyingKey;
+
+    /// Signs a SHA-384 `digest` as it is (no further hashing).
+    ///
+    /// Fails when the key cannot sign (an HSM error, a logged-out session, …); the cause is
+    /// kept as the error's source.
+    fn sign_sha384_digest(
+        &self,
+        digest: &[u8; SHA384_DIGEST_LEN],
+    ) -> Result<Signature, signature::Error>;
+}
+
+impl IssuerSigner for SigningKey {
+    fn public_key(&self) -> VerifyingKey {
+        *self.verifying_key()
+    }
+
+    fn sign_sha384_digest(
+        &self,
+        digest: &[u8; SHA384_DIGEST_LEN],
+    ) -> Result<Signature, signature::Error> {
+        self.sign_prehash(digest)
+    }
+}
+
 /// An issuing certificate together with its private key.
 #[derive(Clone, Copy)]
 pub struct IssuerKey<'a> {
     /// The issuer's certificate.
     pub cert: &'a Certificate,
     /// The issuer's private key; must match `cert`'s public key.
-    pub key: &'a SigningKey,
+    pub key: &'a dyn IssuerSigner,
 }
 
 impl core::fmt::Debug for IssuerKey<'_> {
@@ -181,18 +222,18 @@ impl core::fmt::Debug for IssuerKey<'_> {
 }
 
 /// Creates a self-signed root certificate of role `Manufacturer` or `Central` with subject
-/// `CN=<common_name>`.
+/// `CN=<common_name>`, signed by `key` (a [`SigningKey`] or any other [`IssuerSigner`]).
 pub fn self_signed_root(
     role: Role,
     common_name: &str,
-    key: &SigningKey,
+    key: &dyn IssuerSigner,
     validity: Validity,
 ) -> Result<Certificate, IssueError> {
     if !role.is_root() {
         return Err(IssueError::NotARootRole(role));
     }
     let name = common_name_to_name(common_name)?;
-    let point = sec1_uncompressed(key.verifying_key());
+    let point = sec1_uncompressed(&key.public_key());
     let extensions = role_extensions(role, &point, None, None)?;
     let der = build_der(
         name.clone(),
@@ -478,7 +519,7 @@ fn issue(
             found: issuer.cert.role(),
         });
     }
-    if issuer.cert.public_key_sec1() != sec1_uncompressed(issuer.key.verifying_key()) {
+    if issuer.cert.public_key_sec1() != sec1_uncompressed(&issuer.key.public_key()) {
         return Err(IssueError::IssuerKeyMismatch);
     }
     if !validity.within(issuer.cert) {
@@ -515,7 +556,7 @@ pub(crate) fn build_der(
     spki: SubjectPublicKeyInfoOwned,
     validity: Validity,
     extensions: Vec<Extension>,
-    signer: &SigningKey,
+    signer: &dyn IssuerSigner,
 ) -> Result<Vec<u8>, IssueError> {
     let profile = FixedProfile {
         subject,
@@ -523,8 +564,44 @@ pub(crate) fn build_der(
         extensions,
     };
     let builder = CertificateBuilder::new(profile, random_serial()?, validity.to_x509()?, spki)?;
-    let cert = builder.build::<_, DerSignature>(signer)?;
+    let cert = builder.build::<_, DerSignature>(&BuilderSigner(signer))?;
     Ok(cert.to_der()?)
+}
+
+/// Adapts an [`IssuerSigner`] to the traits the x509-cert builder wants: the TBS bytes are
+/// hashed with SHA-384 here and the digest signed by the issuer's key.
+struct BuilderSigner<'a>(&'a dyn IssuerSigner);
+
+impl Keypair for BuilderSigner<'_> {
+    type VerifyingKey = VerifyingKey;
+
+    fn verifying_key(&self) -> VerifyingKey {
+        self.0.public_key()
+    }
+}
+
+impl DynSignatureAlgorithmIdentifier for BuilderSigner<'_> {
+    fn signature_algorithm_identifier(&self) -> spki::Result<AlgorithmIdentifierOwned> {
+        Ok(AlgorithmIdentifierOwned {
+            oid: oid::ECDSA_WITH_SHA384,
+            parameters: None,
+        })
+    }
+}
+
+impl PrehashSigner<Signature> for BuilderSigner<'_> {
+    fn sign_prehash(&self, prehash: &[u8]) -> Result<Signature, signature::Error> {
+        let digest: &[u8; SHA384_DIGEST_LEN] =
+            prehash.try_into().map_err(|_| signature::Error::new())?;
+        self.0.sign_sha384_digest(digest)
+    }
+}
+
+impl Signer<DerSignature> for BuilderSigner<'_> {
+    fn try_sign(&self, msg: &[u8]) -> Result<DerSignature, signature::Error> {
+        let digest: [u8; SHA384_DIGEST_LEN] = Sha384::digest(msg).into();
+        Ok(self.sign_prehash(&digest)?.to_der())
+    }
 }
 
 /// The extensions of `role`'s profile, in a fixed order.

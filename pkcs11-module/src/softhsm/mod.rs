@@ -159,6 +159,15 @@ const SEED_LABEL: &[u8] = b"imprint v1 softhsm key generation seed";
 /// Fresh operating-system randomness added to every seed.
 const OS_SEED_LEN: usize = 48;
 
+/// The identity key only signs; the module key also agrees keys (ECDH) for
+/// the operating channel.
+fn allowed_mechanisms(slot: KeySlot) -> Vec<MechanismType> {
+    match slot {
+        KeySlot::Identity => vec![MechanismType::ECDSA],
+        KeySlot::Module => vec![MechanismType::ECDSA, MechanismType::ECDH1_DERIVE],
+    }
+}
+
 /// `CKA_LABEL` and `CKA_ID` of the key pair in `slot`.
 pub fn key_label(slot: KeySlot) -> &'static str {
     match slot {
@@ -662,11 +671,12 @@ impl KeyMemory for SoftHsmKeyMemory {
             Attribute::Sign(true),
             Attribute::SignRecover(false),
             Attribute::Decrypt(false),
-            Attribute::Derive(false),
+            // The module key proves itself on the operating channel by ECDH.
+            Attribute::Derive(slot == KeySlot::Module),
             Attribute::Unwrap(false),
             Attribute::Copyable(false),
             Attribute::Modifiable(false),
-            Attribute::AllowedMechanisms(vec![MechanismType::ECDSA]),
+            Attribute::AllowedMechanisms(allowed_mechanisms(slot)),
         ];
         let (public, private) = self
             .session
@@ -738,6 +748,48 @@ impl KeyMemory for SoftHsmKeyMemory {
             return Err(KeyMemoryError::Crypto);
         }
         Signature::from_slice(&signature).map_err(|_| KeyMemoryError::Crypto)
+    }
+
+    fn agree(
+        &mut self,
+        slot: KeySlot,
+        peer: &PublicKey,
+    ) -> Result<Zeroizing<[u8; 48]>, KeyMemoryError> {
+        use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+        let key = self.private_key(slot)?.ok_or(KeyMemoryError::NoKey)?;
+        let point = imprint_apdu::channel::encode_point(peer);
+        let params = Ecdh1DeriveParams::new(EcKdf::null(), &point);
+        // A session object that lives only for this call: the shared secret
+        // has to be read out, the private key never is.
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::ValueLen(48.into()),
+            Attribute::Token(false),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+        ];
+        let secret = self
+            .session
+            .derive_key(&Mechanism::Ecdh1Derive(params), key, &template)
+            .map_err(|err| token_error(err, KeyMemoryError::Crypto))?;
+        let value = self
+            .session
+            .get_attributes(secret, &[AttributeType::Value]);
+        self.destroy_quietly([secret]);
+        let mut shared = Zeroizing::new([0u8; 48]);
+        match value.map_err(|err| token_error(err, KeyMemoryError::Crypto))?.as_mut_slice() {
+            [Attribute::Value(bytes)] if bytes.len() == 48 => {
+                shared.copy_from_slice(bytes);
+                bytes.zeroize();
+                Ok(shared)
+            }
+            [Attribute::Value(bytes)] => {
+                bytes.zeroize();
+                Err(KeyMemoryError::Crypto)
+            }
+            _ => Err(KeyMemoryError::Crypto),
+        }
     }
 
     fn random(&mut self, out: &mut [u8]) -> Result<(), KeyMemoryError> {
