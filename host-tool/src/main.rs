@@ -110,6 +110,16 @@ enum Command {
     /// central system's. An OPERATING module is re-personalized (claim 2).
     /// Prints the serial, APDU count, time and journal id.
     Personalize(PersonalizeArgs),
+    /// Connect an OPERATING module to its central system (claims 1, 4, 11):
+    /// the host relays the operating channel, on which the central system and
+    /// the module authenticate each other end to end and the central system
+    /// installs a fresh transaction key set in the module's key memory.
+    Connect(ConnectArgs),
+    /// Run transactions between an OPERATING module and its central system
+    /// on the key set of the last `connect` (symmetric only): each --data is
+    /// sealed by the module, journaled by the central system, and answered by
+    /// a receipt the module checks. Prints one line per receipt.
+    Transact(TransactArgs),
     /// Inspect, reset or export a module.
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -158,6 +168,110 @@ struct TargetArgs {
     /// even where the reader takes extended-length APDUs.
     #[arg(long, conflicts_with = "module")]
     short_apdus: bool,
+}
+
+/// Options of `connect`.
+#[derive(Args)]
+struct ConnectArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The central system's operating server (host:port).
+    #[arg(long, value_name = "HOST:PORT")]
+    central: String,
+    /// Seconds to wait for the central system.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+}
+
+/// Options of `transact`.
+#[derive(Args)]
+struct TransactArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The central system's operating server (host:port).
+    #[arg(long, value_name = "HOST:PORT")]
+    central: String,
+    /// A transaction payload (text); repeat for several transactions in one session.
+    #[arg(long, required = true, value_name = "TEXT")]
+    data: Vec<String>,
+    /// The file holding the module's user PIN, if it has one (one trailing
+    /// newline ignored).
+    #[arg(long, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
+    /// Seconds to wait for the central system.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+}
+
+fn run_connect(args: ConnectArgs) -> anyhow::Result<()> {
+    use imprint_central::client;
+    let target = Target::from(args.target);
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    let mut link = target.open(false, ConnectOptions::exclusive())?;
+    let mut stream = client::connect(&args.central, timeout)
+        .with_context(|| format!("connecting to the central system at {}", args.central))?;
+    let started = std::time::Instant::now();
+    let report = client::operate(&mut link, &mut stream).with_context(|| {
+        format!(
+            "connecting {target} to the central system at {}",
+            args.central
+        )
+    })?;
+    out!("serial:     {}", report.serial);
+    out!("key set:    {}", hex(&report.key_set_id));
+    out!(
+        "expires:    {}",
+        imprint_central::display::utc(report.expires)
+    );
+    out!("commands:   {}", report.commands);
+    out!(
+        "time:       {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+fn run_transact(args: TransactArgs) -> anyhow::Result<()> {
+    use imprint_central::client::{self, TransactionClient};
+    let pin = match &args.pin_file {
+        Some(path) => Some(
+            imprint_pkcs11::softhsm::read_pin_file(path)
+                .with_context(|| format!("reading the PIN file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let target = Target::from(args.target);
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    let mut link = target.open(false, ConnectOptions::exclusive())?;
+    let mut stream = client::connect(&args.central, timeout)
+        .with_context(|| format!("connecting to the central system at {}", args.central))?;
+    let context = || {
+        format!(
+            "transacting between {target} and the central system at {}",
+            args.central
+        )
+    };
+    let mut session = TransactionClient::open(
+        &mut link,
+        &mut stream,
+        pin.as_ref().map(|pin| pin.as_slice()),
+    )
+    .with_context(context)?;
+    for data in &args.data {
+        let receipt = session.transact(data.as_bytes()).with_context(context)?;
+        out!(
+            "receipt {}: sha384 {} reply {:?}",
+            receipt.number,
+            hex(&receipt.payload_digest),
+            String::from_utf8_lossy(&receipt.reply)
+        );
+    }
+    session.close().with_context(context)?;
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// A module to work on, from [`TargetArgs`].
@@ -493,6 +607,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Manufacturer(command) => run_manufacturer(command),
         Command::Personalizer(command) => run_personalizer(command),
         Command::Personalize(args) => run_personalize(args),
+        Command::Connect(args) => run_connect(args),
+        Command::Transact(args) => run_transact(args),
         Command::Module(command) => run_module(command),
         Command::Journal(JournalCommand::List {
             personalizer,

@@ -6,71 +6,10 @@
 //! A `_short_apdus` variant forces short APDUs, so certificate chains cross
 //! pcscd by command chaining and GET RESPONSE instead of extended length.
 
-use std::fs::File;
-use std::path::PathBuf;
-
-use imprint_apdu::host::CardLink;
-use imprint_host::pcsc::{ConnectOptions, LengthMode, PcscTransport};
-use imprint_tests::claims::{self, Harness};
+use imprint_tests::claims;
 
 mod common;
 use common::*;
-
-/// One vpcd reader, held for the whole test; each new module is a fresh
-/// `imprint-card` process on a fresh directory.
-struct PcscHarness {
-    reader: Reader,
-    short_apdus: bool,
-    card: Option<CardProcess>,
-    dirs: Vec<tempfile::TempDir>,
-    _lock: File,
-}
-
-impl PcscHarness {
-    /// `None` when the PC/SC stack is unavailable outside CI (the test skips).
-    fn new(short_apdus: bool) -> Option<Self> {
-        pcsc_stack()?;
-        let reader = Reader::for_tests();
-        let lock = reader.lock();
-        Some(Self {
-            reader,
-            short_apdus,
-            card: None,
-            dirs: Vec::new(),
-            _lock: lock,
-        })
-    }
-}
-
-impl Harness for PcscHarness {
-    type T = PcscTransport;
-
-    fn blank_module(&mut self) -> (CardLink<PcscTransport>, PathBuf) {
-        // One card per reader: the previous one leaves first.
-        self.card = None;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let module = dir.path().join("module");
-        self.dirs.push(dir);
-        let card = insert_card(&self.reader, &module, &["--quiet"]);
-        let options = ConnectOptions::exclusive().short_apdus(self.short_apdus);
-        let transport = PcscTransport::open(&self.reader.name, options).unwrap_or_else(|err| {
-            panic!(
-                "connecting to {:?}: {err}\nimprint-card said:\n{}",
-                self.reader.name,
-                card.log()
-            )
-        });
-        if self.short_apdus {
-            assert!(
-                matches!(transport.length_mode(), LengthMode::Short(_)),
-                "{}",
-                transport.length_mode()
-            );
-        }
-        self.card = Some(card);
-        (CardLink::new(transport), module)
-    }
-}
 
 macro_rules! over_pcscd {
     ($($name:ident => $body:path),* $(,)?) => {

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod central;
 pub mod claims;
+pub mod operating;
 pub mod pcscd;
 
 use imprint_apdu::applet::Applet;

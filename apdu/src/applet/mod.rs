@@ -372,7 +372,13 @@ impl<K: KeyMemory> Applet<K> {
     }
 
     /// The commands of an open personalization channel.
-    fn dispatch_personalization(&mut self, instruction: u8, p1: u8, p2: u8, plain: &[u8]) -> Outcome {
+    fn dispatch_personalization(
+        &mut self,
+        instruction: u8,
+        p1: u8,
+        p2: u8,
+        plain: &[u8],
+    ) -> Outcome {
         match instruction {
             ins::GET_DATA => self.get_data(p1, p2),
             ins::GENERATE_KEY => self.generate_module_key(p1, p2, plain),
@@ -433,8 +439,16 @@ impl<K: KeyMemory> Applet<K> {
             tag::KEY_SET_STATUS => records.key_set.as_ref().map(|key_set| {
                 let mut status = Vec::with_capacity(40);
                 tlv::write(&mut status, tag::KEY_SET_ID, &key_set.id);
-                tlv::write(&mut status, tag::KEY_SET_EXPIRES, &key_set.expires.to_be_bytes());
-                tlv::write(&mut status, tag::KEY_SET_COUNTER, &key_set.counter.to_be_bytes());
+                tlv::write(
+                    &mut status,
+                    tag::KEY_SET_EXPIRES,
+                    &key_set.expires.to_be_bytes(),
+                );
+                tlv::write(
+                    &mut status,
+                    tag::KEY_SET_COUNTER,
+                    &key_set.counter.to_be_bytes(),
+                );
                 status
             }),
             _ => return Err(Sw(sw::DATA_NOT_FOUND)),
@@ -1030,7 +1044,11 @@ impl<K: KeyMemory> Applet<K> {
 
         let mut module_challenge = [0u8; len::CHALLENGE];
         self.memory.random(&mut module_challenge)?;
-        let key_set = self.records.key_set.as_ref().ok_or(Sw(sw::MEMORY_FAILURE))?;
+        let key_set = self
+            .records
+            .key_set
+            .as_ref()
+            .ok_or(Sw(sw::MEMORY_FAILURE))?;
         let th = TransactionValues {
             key_set_id: &key_set.id,
             serial: &serial,
@@ -1046,7 +1064,11 @@ impl<K: KeyMemory> Applet<K> {
         let mut template = Vec::with_capacity(160);
         tlv::write(&mut template, tag::AUTH_KEY_SET_ID, &key_set.id);
         tlv::write(&mut template, tag::AUTH_CHALLENGE, &module_challenge);
-        tlv::write(&mut template, tag::AUTH_SESSION_COUNTER, &counter.to_be_bytes());
+        tlv::write(
+            &mut template,
+            tag::AUTH_SESSION_COUNTER,
+            &counter.to_be_bytes(),
+        );
         tlv::write(&mut template, tag::AUTH_CONFIRMATION, &confirmation);
         self.session = Session::TransactionOpened(Box::new(TransactionOpening { keys, th }));
         Ok(tlv::encode(tag::DYN_AUTH, &template))

@@ -900,3 +900,131 @@ fn secure_messaging_decoders_never_panic() {
         let _ = module.open_response(HEADER, &bytes);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The operating channel's test vector (docs/protocol.md, "Operating channel test vector"):
+// central system ↔ OPERATING module, with the module key proven by static-ephemeral ECDH.
+// Computed once from the code and pinned; the layout tests recompute every value from the
+// primitives (SHA-384, HKDF-SHA384, HMAC-SHA384, AES-256-GCM, P-384 ECDH) without this
+// module's types.
+
+use crate::channel::transaction::{TransactionKeys, TransactionValues};
+
+/// Every input of the operating vector, fixed.
+struct OperatingVector {
+    central_secret: NonZeroScalar,
+    module_ephemeral_secret: NonZeroScalar,
+    module_key_secret: NonZeroScalar,
+    central_point: Vec<u8>,
+    module_point: Vec<u8>,
+    module_key_point: Vec<u8>,
+    central_cert_hash: Digest48,
+    module_cert_hash: Digest48,
+    unit_cert_hash: Digest48,
+    central_challenge: [u8; 32],
+    module_challenge: [u8; 32],
+}
+
+impl OperatingVector {
+    fn new() -> Self {
+        let central_secret = derive_scalar(&[0x66; 48], &[], b"ephemeral").unwrap();
+        let module_ephemeral_secret = derive_scalar(&[0x77; 48], &[], b"ephemeral").unwrap();
+        let module_key_secret = derive_scalar(&[0x88; 48], &[], b"module key").unwrap();
+        let point = |secret: &NonZeroScalar| encode_point(&PublicKey::from_secret_scalar(secret));
+        Self {
+            central_point: point(&central_secret),
+            module_point: point(&module_ephemeral_secret),
+            module_key_point: point(&module_key_secret),
+            central_secret,
+            module_ephemeral_secret,
+            module_key_secret,
+            central_cert_hash: sha384(b"central certificate"),
+            module_cert_hash: sha384(b"module certificate"),
+            unit_cert_hash: sha384(b"unit certificate by central"),
+            central_challenge: [0x99; 32],
+            module_challenge: [0xAA; 32],
+        }
+    }
+
+    fn th(&self) -> Digest48 {
+        OperatingValues {
+            central_cert_hash: &self.central_cert_hash,
+            central_ephemeral: &self.central_point,
+            central_challenge: &self.central_challenge,
+            module_cert_hash: &self.module_cert_hash,
+            unit_cert_hash: &self.unit_cert_hash,
+            module_ephemeral: &self.module_point,
+            module_challenge: &self.module_challenge,
+        }
+        .transcript_hash()
+    }
+
+    /// (central's keys, module's keys), each computed from its own secrets.
+    fn keys(&self) -> (SessionKeys, SessionKeys) {
+        let th = self.th();
+        let central_ee = ecdh(&self.central_secret, &parse_point(&self.module_point).unwrap());
+        let central_se = ecdh(
+            &self.central_secret,
+            &parse_point(&self.module_key_point).unwrap(),
+        );
+        let peer = parse_point(&self.central_point).unwrap();
+        let module_ee = ecdh(&self.module_ephemeral_secret, &peer);
+        let module_se = ecdh(&self.module_key_secret, &peer);
+        (
+            SessionKeys::derive_operating(&central_ee, &central_se, &th),
+            SessionKeys::derive_operating(&module_ee, &module_se, &th),
+        )
+    }
+}
+
+/// The header of the operating channel's secured PUT DATA of the key set.
+const KEY_SET_HEADER: [u8; 4] = [0x0C, 0xDB, 0x3F, 0xFF];
+
+/// The key set of both vectors: the operating vector installs it, the transaction vector uses it.
+const TX_KEY_SET_ID: [u8; 16] = [0x5A; 16];
+const TX_KEY_SET_KEY: [u8; 32] = [0xC3; 32];
+/// 2030-01-01T00:00:00Z.
+const TX_KEY_SET_EXPIRES: u64 = 1_893_456_000;
+
+/// `DF28 { C0 id, C1 key, C2 expiry }`, the plaintext of the secured PUT DATA.
+fn key_set_plain() -> Vec<u8> {
+    let mut inner = Vec::new();
+    tlv::write(&mut inner, tag::KEY_SET_ID, &TX_KEY_SET_ID);
+    tlv::write(&mut inner, tag::KEY_SET_KEY, &TX_KEY_SET_KEY);
+    tlv::write(&mut inner, tag::KEY_SET_EXPIRES, &TX_KEY_SET_EXPIRES.to_be_bytes());
+    tlv::encode(tag::KEY_SET, &inner)
+}
+
+#[test]
+fn print_new_vectors() {
+    let v = OperatingVector::new();
+    let th = v.th();
+    std::println!("OP central secret {}", hex(&v.central_secret.to_bytes()));
+    std::println!("OP module eph secret {}", hex(&v.module_ephemeral_secret.to_bytes()));
+    std::println!("OP module key secret {}", hex(&v.module_key_secret.to_bytes()));
+    std::println!("OP central point {}", hex(&v.central_point));
+    std::println!("OP module point {}", hex(&v.module_point));
+    std::println!("OP module key point {}", hex(&v.module_key_point));
+    std::println!("OP cch {}", hex(&v.central_cert_hash));
+    std::println!("OP mch {}", hex(&v.module_cert_hash));
+    std::println!("OP uch {}", hex(&v.unit_cert_hash));
+    std::println!("OP TH {}", hex(&th));
+    let zee = ecdh(&v.central_secret, &parse_point(&v.module_point).unwrap());
+    let zse = ecdh(&v.central_secret, &parse_point(&v.module_key_point).unwrap());
+    std::println!("OP Zee {}", hex(&zee[..]));
+    std::println!("OP Zse {}", hex(&zse[..]));
+    let (c, m) = v.keys();
+    std::println!("OP cmd {}", hex(&c.command_key));
+    std::println!("OP rsp {}", hex(&c.response_key));
+    std::println!("OP kc {}", hex(&c.unit_confirmation_key));
+    std::println!("OP km {}", hex(&c.module_confirmation_key));
+    std::println!("OP conf central {}", hex(&c.confirmation(Role::Central, &th).unwrap()));
+    std::println!("OP conf module {}", hex(&m.confirmation(Role::Module, &th).unwrap()));
+    std::println!("OP signed digest {}", hex(&signed_digest(Role::Central, &th)));
+    let mut sm = c.into_secure_messaging();
+    std::println!("OP keyset plain {}", hex(&key_set_plain()));
+    std::println!("OP sealed put {}", hex(&sm.seal_command(KEY_SET_HEADER, &key_set_plain()).unwrap()));
+    let mut msm = m.into_secure_messaging();
+    let _ = msm.open_command(KEY_SET_HEADER, &sm_dummy()).ok();
+}
+fn sm_dummy() -> Vec<u8> { Vec::new() }

@@ -33,12 +33,23 @@ fn key_set_debug_never_shows_the_key() {
 fn a_half_stored_key_set_is_corrupt() {
     let mut bytes = Vec::new();
     tlv::write(&mut bytes, record_tag::VERSION, &[RECORDS_VERSION]);
-    tlv::write(&mut bytes, record_tag::LIFECYCLE, &[Lifecycle::Operating.code()]);
+    tlv::write(
+        &mut bytes,
+        record_tag::LIFECYCLE,
+        &[Lifecycle::Operating.code()],
+    );
     tlv::write(&mut bytes, record_tag::WATERMARK, &0u64.to_be_bytes());
     tlv::write(&mut bytes, record_tag::COUNT, &0u32.to_be_bytes());
     let mut without_counter = bytes.clone();
-    tlv::write(&mut without_counter, record_tag::KEY_SET, &[0; KEY_SET_VALUE_LEN]);
-    assert_eq!(Records::decode(&without_counter), Err(KeyMemoryError::Corrupt));
+    tlv::write(
+        &mut without_counter,
+        record_tag::KEY_SET,
+        &[0; KEY_SET_VALUE_LEN],
+    );
+    assert_eq!(
+        Records::decode(&without_counter),
+        Err(KeyMemoryError::Corrupt)
+    );
     let mut short = bytes.clone();
     tlv::write(&mut short, record_tag::KEY_SET, &[0; KEY_SET_VALUE_LEN - 1]);
     tlv::write(&mut short, record_tag::KEY_SET_COUNTER, &[0; 4]);

@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 
 use imprint_apdu::Lifecycle;
 use imprint_apdu::channel::encode_point;
+use imprint_apdu::host::CardLink;
 use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::keymem::{KeyMemory, KeySlot, Records};
 use imprint_apdu::pki::{self, Certificate};
+use imprint_host::pcsc::{ConnectOptions, LengthMode, PcscTransport};
 
 #[allow(unused_imports)] // each suite uses a different part of the bench
 pub use imprint_tests::pcscd::{
@@ -234,4 +236,67 @@ pub fn assert_consistent(dir: &Path, central_root: &Certificate) -> Records {
         Lifecycle::Manufactured => panic!("the module fell back to MANUFACTURED"),
     }
     records
+}
+
+/// One vpcd reader, held for the whole test; each new module is a fresh
+/// `imprint-card` process on a fresh directory.
+pub struct PcscHarness {
+    reader: Reader,
+    short_apdus: bool,
+    card: Option<CardProcess>,
+    dirs: Vec<tempfile::TempDir>,
+    _lock: File,
+}
+
+impl PcscHarness {
+    /// `None` when the PC/SC stack is unavailable outside CI (the test skips).
+    pub fn new(short_apdus: bool) -> Option<Self> {
+        pcsc_stack()?;
+        let reader = Reader::for_tests();
+        let lock = reader.lock();
+        Some(Self {
+            reader,
+            short_apdus,
+            card: None,
+            dirs: Vec::new(),
+            _lock: lock,
+        })
+    }
+}
+
+impl PcscHarness {
+    /// The vpcd reader's PC/SC name.
+    pub fn reader_name(&self) -> &str {
+        &self.reader.name
+    }
+}
+
+impl imprint_tests::claims::Harness for PcscHarness {
+    type T = PcscTransport;
+
+    fn blank_module(&mut self) -> (CardLink<PcscTransport>, PathBuf) {
+        // One card per reader: the previous one leaves first.
+        self.card = None;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let module = dir.path().join("module");
+        self.dirs.push(dir);
+        let card = insert_card(&self.reader, &module, &["--quiet"]);
+        let options = ConnectOptions::exclusive().short_apdus(self.short_apdus);
+        let transport = PcscTransport::open(&self.reader.name, options).unwrap_or_else(|err| {
+            panic!(
+                "connecting to {:?}: {err}\nimprint-card said:\n{}",
+                self.reader.name,
+                card.log()
+            )
+        });
+        if self.short_apdus {
+            assert!(
+                matches!(transport.length_mode(), LengthMode::Short(_)),
+                "{}",
+                transport.length_mode()
+            );
+        }
+        self.card = Some(card);
+        (CardLink::new(transport), module)
+    }
 }

@@ -773,12 +773,13 @@ impl KeyMemory for SoftHsmKeyMemory {
             .session
             .derive_key(&Mechanism::Ecdh1Derive(params), key, &template)
             .map_err(|err| token_error(err, KeyMemoryError::Crypto))?;
-        let value = self
-            .session
-            .get_attributes(secret, &[AttributeType::Value]);
+        let value = self.session.get_attributes(secret, &[AttributeType::Value]);
         self.destroy_quietly([secret]);
         let mut shared = Zeroizing::new([0u8; 48]);
-        match value.map_err(|err| token_error(err, KeyMemoryError::Crypto))?.as_mut_slice() {
+        match value
+            .map_err(|err| token_error(err, KeyMemoryError::Crypto))?
+            .as_mut_slice()
+        {
             [Attribute::Value(bytes)] if bytes.len() == 48 => {
                 shared.copy_from_slice(bytes);
                 bytes.zeroize();
