@@ -258,8 +258,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    use std::time::Duration;
     use imprint_central::server::{ServeOptions, ServerLimits};
+    use std::time::Duration;
     let options = ServeOptions {
         dir: args.dir,
         listen: args.listen,
