@@ -75,6 +75,9 @@ pub enum RegistryError {
     /// The database failed.
     #[error("the registry database failed")]
     Sqlite(#[from] rusqlite::Error),
+    /// The server's journal writer could not commit (the cause is in its text).
+    #[error("the transaction journal is unavailable: {0}")]
+    JournalUnavailable(String),
     /// Reading or writing a file (the sealing key, the database file) failed.
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
@@ -549,48 +552,38 @@ impl Registry {
     /// already journaled (same key set, session counter and sequence) is
     /// refused with [`RegistryError::DuplicateTransaction`].
     pub fn record_transaction(&mut self, record: &TransactionRecord) -> Result<u64, RegistryError> {
-        let time = time_in(record.time)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let owner: Option<String> = tx
-            .query_row(
-                "SELECT serial FROM key_sets WHERE id = ?1",
-                [&record.key_set_id[..]],
-                |row| row.get(0),
-            )
-            .optional()?;
-        match owner {
-            None => return Err(Refusal::UnknownKeySet.into()),
-            Some(owner) if !owner.eq_ignore_ascii_case(&record.serial) => {
-                return Err(Refusal::KeySetOfOtherModule.into());
-            }
-            Some(_) => {}
-        }
-        let inserted = tx.execute(
-            "INSERT INTO transactions
-                 (serial, key_set_id, session_counter, sequence, payload_digest, time)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (key_set_id, session_counter, sequence) DO NOTHING",
-            params![
-                record.serial.to_ascii_lowercase(),
-                &record.key_set_id[..],
-                record.session_counter,
-                record.sequence,
-                &record.payload_digest[..],
-                time,
-            ],
-        )?;
-        if inserted == 0 {
-            return Err(RegistryError::DuplicateTransaction {
-                key_set: display::hex(&record.key_set_id),
-                session_counter: record.session_counter,
-                sequence: record.sequence,
-            });
-        }
-        let number = time_out(tx.last_insert_rowid(), "transactions", "number")?;
+        let number = insert_transaction(&tx, record)?;
         tx.commit()?;
         Ok(number)
+    }
+
+    /// Appends several transactions in one database transaction (one commit,
+    /// one sync to disk: a group commit), each with the checks of
+    /// [`Registry::record_transaction`]. A record that is refused does not
+    /// affect the others; the outer error is for the commit itself, and then
+    /// none of them is journaled.
+    pub fn record_transactions(
+        &mut self,
+        records: &[TransactionRecord],
+    ) -> Result<Vec<Result<u64, RegistryError>>, RegistryError> {
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut numbers = Vec::with_capacity(records.len());
+        for record in records {
+            // A savepoint per record: a refused one is rolled back alone.
+            let savepoint = tx.savepoint()?;
+            let number = insert_transaction(&savepoint, record);
+            if number.is_ok() {
+                savepoint.commit()?;
+            }
+            numbers.push(number);
+        }
+        tx.commit()?;
+        Ok(numbers)
     }
 
     /// The whole journal, oldest first.
@@ -1000,4 +993,48 @@ fn read_sealing_key(
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     key.copy_from_slice(&bytes);
     Ok(key)
+}
+
+/// Checks and inserts one journal record inside an open transaction.
+fn insert_transaction(
+    tx: &rusqlite::Connection,
+    record: &TransactionRecord,
+) -> Result<u64, RegistryError> {
+    let time = time_in(record.time)?;
+    let owner: Option<String> = tx
+        .query_row(
+            "SELECT serial FROM key_sets WHERE id = ?1",
+            [&record.key_set_id[..]],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match owner {
+        None => return Err(Refusal::UnknownKeySet.into()),
+        Some(owner) if !owner.eq_ignore_ascii_case(&record.serial) => {
+            return Err(Refusal::KeySetOfOtherModule.into());
+        }
+        Some(_) => {}
+    }
+    let inserted = tx.execute(
+        "INSERT INTO transactions
+             (serial, key_set_id, session_counter, sequence, payload_digest, time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (key_set_id, session_counter, sequence) DO NOTHING",
+        params![
+            record.serial.to_ascii_lowercase(),
+            &record.key_set_id[..],
+            record.session_counter,
+            record.sequence,
+            &record.payload_digest[..],
+            time,
+        ],
+    )?;
+    if inserted == 0 {
+        return Err(RegistryError::DuplicateTransaction {
+            key_set: display::hex(&record.key_set_id),
+            session_counter: record.session_counter,
+            sequence: record.sequence,
+        });
+    }
+    time_out(tx.last_insert_rowid(), "transactions", "number")
 }

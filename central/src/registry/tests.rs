@@ -770,3 +770,43 @@ fn modules_summarizes_each_module() {
     );
     assert_eq!(ModuleState::Revoked.to_string(), "revoked");
 }
+
+#[test]
+fn a_group_commit_keeps_the_good_records_and_refuses_the_bad_alone() {
+    let fixture = Fixture::new();
+    let mut registry = with_module(&fixture, SERIAL);
+    let set = key_set(1, NOW, NOW + HOUR);
+    registry.store_key_set(SERIAL, &set).expect("store");
+    let record = |sequence: u32| TransactionRecord {
+        serial: SERIAL.into(),
+        key_set_id: set.id,
+        session_counter: 1,
+        sequence,
+        payload_digest: [sequence as u8; 48],
+        time: NOW,
+    };
+    let unknown = TransactionRecord {
+        key_set_id: [9; 16],
+        ..record(3)
+    };
+    let outcome = registry
+        .record_transactions(&[record(1), unknown, record(2), record(1)])
+        .expect("group commit");
+    assert_eq!(outcome.len(), 4);
+    let first = *outcome[0].as_ref().expect("first");
+    assert!(matches!(
+        outcome[1],
+        Err(RegistryError::Refused(Refusal::UnknownKeySet))
+    ));
+    let second = *outcome[2].as_ref().expect("second");
+    assert!(second > first);
+    assert!(matches!(
+        outcome[3],
+        Err(RegistryError::DuplicateTransaction { sequence: 1, .. })
+    ));
+    let journal = fixture.registry().transactions().expect("journal");
+    assert_eq!(
+        journal.iter().map(|entry| entry.number).collect::<Vec<_>>(),
+        vec![first, second]
+    );
+}

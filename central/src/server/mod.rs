@@ -107,9 +107,58 @@ impl TransactionHandler for AcceptAll {
 /// Everything a connection needs.
 pub struct CentralService {
     central: CentralAuthority,
-    registry: Mutex<Registry>,
+    registry: Arc<Mutex<Registry>>,
     handler: Arc<dyn TransactionHandler>,
     limits: ServerLimits,
+    journal: std::sync::mpsc::Sender<JournalRequest>,
+}
+
+/// A transaction waiting for the journal writer.
+struct JournalRequest {
+    record: TransactionRecord,
+    reply: tokio::sync::oneshot::Sender<Result<u64, RegistryError>>,
+}
+
+/// Largest group the journal writer commits at once.
+const JOURNAL_GROUP: usize = 256;
+
+/// The journal writer: takes whatever transactions are waiting and commits
+/// them together, so concurrent sessions share one sync to disk instead of
+/// queueing for one each. A receipt leaves only after its group committed.
+fn journal_writer(
+    registry: Arc<Mutex<Registry>>,
+    requests: std::sync::mpsc::Receiver<JournalRequest>,
+) {
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < JOURNAL_GROUP {
+            match requests.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let records: Vec<TransactionRecord> =
+            group.iter().map(|request| request.record.clone()).collect();
+        let outcome = registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record_transactions(&records);
+        match outcome {
+            Ok(numbers) => {
+                for (request, number) in group.into_iter().zip(numbers) {
+                    let _ = request.reply.send(number);
+                }
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                for request in group {
+                    let _ = request
+                        .reply
+                        .send(Err(RegistryError::JournalUnavailable(reason.clone())));
+                }
+            }
+        }
+    }
 }
 
 impl CentralService {
@@ -120,12 +169,33 @@ impl CentralService {
         handler: Arc<dyn TransactionHandler>,
         limits: ServerLimits,
     ) -> Self {
+        let registry = Arc::new(Mutex::new(registry));
+        let (journal, requests) = std::sync::mpsc::channel();
+        let writer_registry = Arc::clone(&registry);
+        // Ends when the service, the only sender, is dropped.
+        std::thread::Builder::new()
+            .name("imprint-journal".into())
+            .spawn(move || journal_writer(writer_registry, requests))
+            .map(drop)
+            .unwrap_or_else(|err| tracing::error!(%err, "cannot start the journal writer"));
         Self {
             central,
-            registry: Mutex::new(registry),
+            registry,
             handler,
             limits,
+            journal,
         }
+    }
+
+    /// Journals one transaction through the group-commit writer.
+    async fn journal(&self, record: TransactionRecord) -> Result<u64, RegistryError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.journal
+            .send(JournalRequest { record, reply })
+            .map_err(|_| RegistryError::JournalUnavailable("the journal writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| RegistryError::JournalUnavailable("the journal writer stopped".into()))?
     }
 
     /// The central authority.
@@ -424,8 +494,8 @@ async fn transact(
             .handle(&context, &payload)
             .map_err(|refusal| Failure::Refused(format!("the application refused: {refusal}")))?;
         let payload_digest = sha384(&payload);
-        let number = service.registry_blocking(|registry| {
-            registry.record_transaction(&TransactionRecord {
+        let number = service
+            .journal(TransactionRecord {
                 serial: context.serial.clone(),
                 key_set_id: context.key_set_id,
                 session_counter: context.session_counter,
@@ -433,7 +503,7 @@ async fn transact(
                 payload_digest,
                 time: now(),
             })
-        })?;
+            .await?;
         let receipt = session.seal_receipt(&Receipt {
             number,
             payload_digest,
