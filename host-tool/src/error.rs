@@ -23,6 +23,12 @@ pub enum HostError {
     /// The central system failed (the demo creates one).
     #[error(transparent)]
     Central(#[from] CentralError),
+    /// The central system's registry failed (the demo runs one).
+    #[error(transparent)]
+    Registry(#[from] imprint_central::registry::RegistryError),
+    /// The demo's in-process central server could not start.
+    #[error("cannot start the demo's central server: {0}")]
+    CentralServer(#[source] std::io::Error),
     /// A directory or file operation failed.
     #[error("cannot {op} {path}", path = .path.display())]
     Io {

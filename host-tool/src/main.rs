@@ -635,18 +635,20 @@ fn run_demo(modules: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
         demo::run_demo(&dir, modules).with_context(|| format!("demo in {}", dir.display()))?;
     out!();
     out!(
-        "{:>3}  {:<16}  {:>11}  {:>11}  {:>8}  {:<15}  {}",
+        "{:>3}  {:<16}  {:>11}  {:>11}  {:>8}  {:<15}  {:>12}  {:>9}  {}",
         "#",
         "serial",
         "manufacture",
         "personalize",
         "time ms",
         "re-personalized",
+        "connect",
+        "1 tx ms",
         "verified"
     );
     for row in &report.rows {
         out!(
-            "{:>3}  {:<16}  {:>11}  {:>11}  {:>8.1}  {:<15}  {}",
+            "{:>3}  {:<16}  {:>11}  {:>11}  {:>8.1}  {:<15}  {:>12}  {:>9.1}  {}",
             row.index,
             row.serial,
             format!("{} APDUs", row.manufacture_apdus),
@@ -656,6 +658,12 @@ fn run_demo(modules: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
                 Some(apdus) => format!("yes ({apdus} APDUs)"),
                 None => "no".to_owned(),
             },
+            format!(
+                "{} / {:.0} ms",
+                row.connect_commands,
+                row.connect_time.as_secs_f64() * 1000.0
+            ),
+            row.transaction_time.as_secs_f64() * 1000.0,
             if row.verified { "yes" } else { "NO" },
         );
     }
@@ -668,6 +676,8 @@ fn run_demo(modules: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
         "APDUs of a re-personalization:    {}",
         report.repersonalization_apdus
     );
+    out!("connect: commands of the operating channel with the central system (key set installed)");
+    out!("1 tx: one transaction session with one transaction, journaled and acknowledged");
     let failed: Vec<_> = report.rows.iter().filter(|row| !row.verified).collect();
     if failed.is_empty() {
         out!("all {} modules verified", report.rows.len());

@@ -8,6 +8,8 @@
 //!                                             ─▶ journal.sqlite
 //!  DIR/modules/1 ───── personalize again (claim 2: old key and certificate erased)
 //!  every module ────── read_status ─▶ OPERATING, chain to the central root, nonce, 0600
+//!  DIR/central ─────── in-process operating server on loopback (claims 1, 4, 11, 21)
+//!  every module ────── connect (operating channel, key set) ─▶ one transaction ─▶ receipt
 //! ```
 
 use std::fmt;
@@ -46,6 +48,12 @@ pub struct DemoRow {
     pub personalization_time: Duration,
     /// APDUs of the re-personalization, for the re-personalized module.
     pub repersonalization_apdus: Option<u32>,
+    /// Commands of the operating channel with the central system.
+    pub connect_commands: u32,
+    /// Wall time of the operating channel.
+    pub connect_time: Duration,
+    /// Wall time of one transaction session with one transaction.
+    pub transaction_time: Duration,
     /// Whether every check passed.
     pub verified: bool,
     /// The checks that failed.
@@ -114,6 +122,10 @@ pub enum CheckFailure {
     KeyNotRenewed,
     /// Re-personalization kept the old module certificate (claim 2).
     CertificateNotReplaced,
+    /// The operating channel or the transaction with the central system failed.
+    Operating(String),
+    /// The central system's receipt does not acknowledge the payload sent.
+    WrongReceipt,
     /// A key-memory file is not mode 0600.
     LooseFile {
         /// The file.
@@ -152,6 +164,10 @@ impl fmt::Display for CheckFailure {
             Self::KeyNotRenewed => f.write_str("re-personalization kept the old module key"),
             Self::CertificateNotReplaced => {
                 f.write_str("re-personalization kept the old module certificate")
+            }
+            Self::Operating(reason) => write!(f, "with the central system: {reason}"),
+            Self::WrongReceipt => {
+                f.write_str("the central system's receipt is not for the payload sent")
             }
             Self::LooseFile { path, mode } => {
                 write!(
@@ -220,6 +236,9 @@ pub fn run_demo(dir: &Path, modules: usize) -> Result<DemoReport, HostError> {
             personalization_apdus: report.apdus,
             personalization_time: report.elapsed,
             repersonalization_apdus: None,
+            connect_commands: 0,
+            connect_time: Duration::ZERO,
+            transaction_time: Duration::ZERO,
             verified: false,
             failures: Vec::new(),
         });
@@ -267,6 +286,16 @@ pub fn run_demo(dir: &Path, modules: usize) -> Result<DemoReport, HostError> {
         row.verified = failures.is_empty();
         row.failures = failures;
     }
+    // The modules' operating life: the central system registers the unit
+    // it certified, and each module connects and runs one transaction.
+    let central_dir = dir.join("central");
+    imprint_central::registry::Registry::open(&central_dir)?
+        .record_unit(&by_central, imprint_apdu::host::personalize::unix_now())?;
+    operate_modules(dir, &central_dir, &mut rows)?;
+    for row in &mut rows {
+        row.verified = row.failures.is_empty();
+    }
+
     let first_personalization_apdus = rows.first().map_or(0, |row| row.personalization_apdus);
     let all_verified = rows.iter().all(|row| row.verified);
     Ok(DemoReport {
@@ -276,6 +305,77 @@ pub fn run_demo(dir: &Path, modules: usize) -> Result<DemoReport, HostError> {
         repersonalization_apdus: again.apdus,
         all_verified,
     })
+}
+
+/// Runs the central system's operating server in this process on loopback
+/// and, for every module, the operating channel and one transaction.
+fn operate_modules(dir: &Path, central_dir: &Path, rows: &mut [DemoRow]) -> Result<(), HostError> {
+    use imprint_central::client::{self, TransactionClient};
+    use imprint_central::registry::Registry;
+    use imprint_central::server::{AcceptAll, CentralService, ServerLimits, serve};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    let service = Arc::new(CentralService::new(
+        CentralAuthority::open(central_dir)?,
+        Registry::open(central_dir)?,
+        Arc::new(AcceptAll),
+        ServerLimits::default(),
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(HostError::CentralServer)?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .map_err(HostError::CentralServer)?;
+    let address = listener
+        .local_addr()
+        .map_err(HostError::CentralServer)?
+        .to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(serve(listener, Arc::clone(&service), async {
+        let _ = stopped.await;
+    }));
+
+    for row in rows.iter_mut() {
+        let payload = format!("demo transaction of module {}", row.index);
+        let mut link = module::open(&module_dir(dir, row.index), false)?;
+        let outcome = (|| {
+            let mut stream = client::connect(&address, client::DEFAULT_TIMEOUT)?;
+            let started = Instant::now();
+            let report = client::operate(&mut link, &mut stream)?;
+            row.connect_time = started.elapsed();
+            row.connect_commands = report.commands;
+            let mut stream = client::connect(&address, client::DEFAULT_TIMEOUT)?;
+            let started = Instant::now();
+            let mut session = TransactionClient::open(&mut link, &mut stream, None)?;
+            let receipt = session.transact(payload.as_bytes())?;
+            session.close()?;
+            row.transaction_time = started.elapsed();
+            Ok::<_, client::ClientError>(receipt)
+        })();
+        match outcome {
+            Ok(receipt)
+                if receipt.payload_digest == imprint_apdu::channel::sha384(payload.as_bytes()) => {}
+            Ok(_) => row.failures.push(CheckFailure::WrongReceipt),
+            Err(err) => row.failures.push(CheckFailure::Operating(err.to_string())),
+        }
+    }
+    let _ = stop.send(());
+    let _ = runtime.block_on(server);
+    let journaled = service.with_registry(|registry| registry.transactions())?;
+    let expected = rows.len();
+    if journaled.len() != expected
+        && let Some(row) = rows.first_mut()
+    {
+        row.failures.push(CheckFailure::Operating(format!(
+            "the central system journaled {} transactions, expected {expected}",
+            journaled.len()
+        )));
+    }
+    Ok(())
 }
 
 fn module_dir(dir: &Path, index: usize) -> PathBuf {

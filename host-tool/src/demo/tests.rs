@@ -20,6 +20,12 @@ fn demo_with_two_modules_verifies() {
     assert!(!report.rows[1].repersonalized());
     assert_ne!(report.rows[0].serial, report.rows[1].serial);
     assert!(report.rows.iter().all(|row| row.manufacture_apdus == 3));
+    assert!(report.rows.iter().all(|row| row.connect_commands == 4));
+    let journaled = imprint_central::registry::Registry::open(&tmp.path().join("central"))
+        .expect("registry")
+        .transactions()
+        .expect("journal");
+    assert_eq!(journaled.len(), 2, "one transaction per module");
 
     let journal =
         SqliteJournal::open_existing(&roles::journal_path(&tmp.path().join("personalizer")))
