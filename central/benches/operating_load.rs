@@ -22,15 +22,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use imprint_apdu::applet::Applet;
-use imprint_apdu::host::{CardLink, InProcessTransport, PersonalizationOptions, personalize};
+use imprint_apdu::host::{CardLink, InProcessTransport};
 use imprint_apdu::keymem::memory::MemoryKeyMemory;
 use imprint_central::client::{self, TransactionClient};
 use imprint_central::registry::Registry;
 use imprint_central::server::{AcceptAll, CentralService, ServerLimits, serve};
 use imprint_central::wire::{Frame, Purpose, read_frame, write_frame};
 use imprint_central::{CentralAuthority, keyfile};
-use imprint_tests::{Pki, RecordingJournal, manufacture_with};
+use imprint_tests::{Pki, operating_ram_module};
 
 type Link = CardLink<InProcessTransport<MemoryKeyMemory>>;
 
@@ -54,24 +53,6 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-fn module(pki: &Pki, seed: usize) -> Link {
-    let mut seed_bytes = [0u8; 48];
-    seed_bytes[..8].copy_from_slice(&(seed as u64).to_be_bytes());
-    seed_bytes[8] = 0xB5;
-    let memory = MemoryKeyMemory::new(seed_bytes);
-    let mut link = CardLink::new(InProcessTransport::new(
-        Applet::new(memory).expect("applet"),
-    ));
-    manufacture_with(&mut link, &pki.manufacturer);
-    personalize(
-        &mut link,
-        &mut RecordingJournal::default(),
-        &pki.unit,
-        PersonalizationOptions::default(),
-    )
-    .expect("personalization");
-    link
-}
 
 #[derive(Default)]
 struct Samples {
@@ -127,7 +108,7 @@ fn main() {
 
     eprintln!("personalizing {modules} in-process modules …");
     let links: Vec<Mutex<Link>> = (0..modules)
-        .map(|seed| Mutex::new(module(&pki, seed)))
+        .map(|_| Mutex::new(operating_ram_module(&pki)))
         .collect();
 
     // Baseline: HELLO out, the server's first command back, on a fresh connection.

@@ -11,18 +11,6 @@ use imprint_tests::claims;
 mod common;
 use common::*;
 
-macro_rules! over_pcscd {
-    ($($name:ident => $body:path),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                let Some(mut harness) = PcscHarness::new(false) else { return };
-                $body(&mut harness);
-            }
-        )*
-    };
-}
-
 over_pcscd! {
     claim01_module_key_generated_certified_and_module_operating_over_pcscd => claims::claim01,
     claim02_reentering_personalization_erases_the_module_key_over_pcscd => claims::claim02,

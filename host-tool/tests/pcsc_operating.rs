@@ -14,18 +14,6 @@ use imprint_tests::operating::{self, operating_module};
 mod common;
 use common::*;
 
-macro_rules! over_pcscd {
-    ($($name:ident => $body:path),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                let Some(mut harness) = PcscHarness::new(false) else { return };
-                $body(&mut harness);
-            }
-        )*
-    };
-}
-
 over_pcscd! {
     claim01_operating_channel_uses_the_module_key_and_its_certificate_over_pcscd => operating::claim01_operating,
     claim04_module_checks_the_central_system_with_the_delivered_key_over_pcscd => operating::claim04_central_authenticated,

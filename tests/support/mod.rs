@@ -206,6 +206,15 @@ pub fn file_module(dir: &Path) -> CardLink<InProcessTransport<FileKeyMemory>> {
     ))
 }
 
+/// A RAM module manufactured and personalized by `pki`: OPERATING, trusting
+/// `pki`'s central system.
+pub fn operating_ram_module(pki: &Pki) -> CardLink<InProcessTransport<MemoryKeyMemory>> {
+    let mut link = ram_module();
+    manufactured(&mut link, pki);
+    personalized(&mut link, &pki.unit, &mut RecordingJournal::default()).expect("personalization");
+    link
+}
+
 /// Manufactures the module on `link`.
 pub fn manufactured<T: Transport>(link: &mut CardLink<T>, pki: &Pki) -> ManufactureReport {
     manufacture(link, &pki.manufacturer, 25).expect("manufacture")

@@ -589,14 +589,8 @@ impl<K: KeyMemory> Applet<K> {
         pki::verify_issued_by(&unit_cert, &root, 0)?;
         pki::check_not_expired(&unit_cert, self.records.time_watermark)?;
 
-        let mut randomness = zeroize::Zeroizing::new([0u8; 48]);
-        self.memory.random(&mut randomness[..])?;
-        let ephemeral_secret = zeroize::Zeroizing::new(
-            derive_scalar(&randomness, &[], b"ephemeral").ok_or(Sw(sw::UNKNOWN))?,
-        );
-        let ephemeral_point = encode_point(&PublicKey::from_secret_scalar(&ephemeral_secret));
-        let mut module_challenge = [0u8; len::CHALLENGE];
-        self.memory.random(&mut module_challenge)?;
+        let (ephemeral_secret, ephemeral_point, module_challenge) =
+            fresh_ephemeral(&mut self.memory)?;
         let mut nonce = [0u8; pki::NONCE_LEN];
         self.memory.random(&mut nonce)?;
 
@@ -937,14 +931,8 @@ impl<K: KeyMemory> Applet<K> {
         }
         pki::check_not_expired(&central, self.records.time_watermark)?;
 
-        let mut randomness = zeroize::Zeroizing::new([0u8; 48]);
-        self.memory.random(&mut randomness[..])?;
-        let ephemeral_secret = zeroize::Zeroizing::new(
-            derive_scalar(&randomness, &[], b"ephemeral").ok_or(Sw(sw::UNKNOWN))?,
-        );
-        let ephemeral_point = encode_point(&PublicKey::from_secret_scalar(&ephemeral_secret));
-        let mut module_challenge = [0u8; len::CHALLENGE];
-        self.memory.random(&mut module_challenge)?;
+        let (ephemeral_secret, ephemeral_point, module_challenge) =
+            fresh_ephemeral(&mut self.memory)?;
         let ephemeral_ephemeral = channel::ecdh(&ephemeral_secret, &peer);
         let ephemeral_static = self.memory.agree(KeySlot::Module, &peer)?;
 
@@ -1193,6 +1181,29 @@ impl<K: KeyMemory> Applet<K> {
             }
         }
     }
+}
+
+/// A fresh ephemeral key pair and challenge from the key memory's
+/// randomness, for the module's side of a handshake.
+fn fresh_ephemeral<K: KeyMemory>(
+    memory: &mut K,
+) -> Result<
+    (
+        zeroize::Zeroizing<p384::NonZeroScalar>,
+        Vec<u8>,
+        [u8; len::CHALLENGE],
+    ),
+    Sw,
+> {
+    let mut randomness = zeroize::Zeroizing::new([0u8; 48]);
+    memory.random(&mut randomness[..])?;
+    let secret = zeroize::Zeroizing::new(
+        derive_scalar(&randomness, &[], b"ephemeral").ok_or(Sw(sw::UNKNOWN))?,
+    );
+    let point = encode_point(&PublicKey::from_secret_scalar(&secret));
+    let mut challenge = [0u8; len::CHALLENGE];
+    memory.random(&mut challenge)?;
+    Ok((secret, point, challenge))
 }
 
 fn finish(outcome: Outcome) -> (Vec<u8>, u16) {

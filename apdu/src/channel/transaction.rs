@@ -112,11 +112,7 @@ impl TransactionKeys {
             Role::Central => &self.central_confirmation_key,
             Role::Unit => return Err(ChannelError::BadConfirmation),
         };
-        let mut mac = <Hmac<Sha384> as hmac::KeyInit>::new_from_slice(key)
-            .map_err(|_| ChannelError::BadConfirmation)?;
-        mac.update(role.confirmation_label());
-        mac.update(th);
-        Ok(mac)
+        super::confirmation_mac(key, role, th)
     }
 
     /// The message protection of the open session, for either side.

@@ -2,15 +2,12 @@
 //! network: every step, and what the module does with a wrong one.
 
 use imprint_apdu::Response;
-use imprint_apdu::applet::Applet;
-use imprint_apdu::host::{
-    CardLink, InProcessTransport, PersonalizationOptions, Transport, personalize,
-};
+use imprint_apdu::host::{CardLink, InProcessTransport, Transport};
 use imprint_apdu::iso::sw;
 use imprint_apdu::keymem::memory::MemoryKeyMemory;
 use imprint_apdu::pki::Certificate;
 use imprint_apdu::proto::{self, ins};
-use imprint_tests::{Pki, RecordingJournal, manufacture_with};
+use imprint_tests::Pki;
 use p384::ecdsa::SigningKey;
 
 use super::*;
@@ -26,18 +23,7 @@ fn authority(key: &SigningKey, cert: &Certificate) -> CentralAuthority {
 }
 
 fn operating_module(pki: &Pki) -> Link {
-    let memory = MemoryKeyMemory::new([7; 48]);
-    let mut link = CardLink::new(InProcessTransport::new(
-        Applet::new(memory).expect("applet"),
-    ));
-    manufacture_with(&mut link, &pki.manufacturer);
-    personalize(
-        &mut link,
-        &mut RecordingJournal::default(),
-        &pki.unit,
-        PersonalizationOptions::default(),
-    )
-    .expect("personalization");
+    let mut link = imprint_tests::operating_ram_module(pki);
     let select = link
         .send([0x00, ins::SELECT, 0x04, 0x00], &proto::AID)
         .expect("select");

@@ -300,3 +300,21 @@ impl imprint_tests::claims::Harness for PcscHarness {
         (CardLink::new(transport), module)
     }
 }
+
+/// One test per `name => body`: the body runs on a [`PcscHarness`] with
+/// extended-length APDUs, or the test skips when the PC/SC stack is missing
+/// outside CI.
+#[allow(unused_macros)] // only the claim suites define tests with it
+macro_rules! over_pcscd {
+    ($($name:ident => $body:path),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let Some(mut harness) = PcscHarness::new(false) else { return };
+                $body(&mut harness);
+            }
+        )*
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use over_pcscd;
