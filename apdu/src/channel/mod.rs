@@ -351,11 +351,7 @@ impl SessionKeys {
             Role::Unit | Role::Central => &self.unit_confirmation_key,
             Role::Module => &self.module_confirmation_key,
         };
-        let mut mac = <Hmac<Sha384> as hmac::KeyInit>::new_from_slice(key)
-            .map_err(|_| ChannelError::BadConfirmation)?;
-        mac.update(role.confirmation_label());
-        mac.update(th);
-        Ok(mac)
+        confirmation_mac(key, role, th)
     }
 
     /// Turns the keys into the secure-messaging state of one side.
@@ -366,6 +362,19 @@ impl SessionKeys {
             counter: 0,
         }
     }
+}
+
+/// HMAC-SHA384(key, role's confirmation label ‖ TH), not yet finalized.
+fn confirmation_mac(
+    key: &[u8; 48],
+    role: Role,
+    th: &Digest48,
+) -> Result<Hmac<Sha384>, ChannelError> {
+    let mut mac = <Hmac<Sha384> as hmac::KeyInit>::new_from_slice(key)
+        .map_err(|_| ChannelError::BadConfirmation)?;
+    mac.update(role.confirmation_label());
+    mac.update(th);
+    Ok(mac)
 }
 
 /// The digest a role signs: SHA-384(role label ‖ TH).
