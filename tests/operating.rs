@@ -428,3 +428,20 @@ fn the_central_directory_keeps_its_unit_registration() {
     let (mut link, _, _) = operating_module(&mut harness, &pki);
     server.operate(&mut link).expect("operating channel");
 }
+
+#[test]
+fn a_revocation_stops_an_open_session_at_its_next_message() {
+    let mut harness = InProcessHarness::default();
+    let pki = Pki::new();
+    let server = CentralServer::start(&pki, &[]);
+    let (mut link, _, serial) = operating_module(&mut harness, &pki);
+    server.operate(&mut link).expect("operating channel");
+    let mut stream = client::connect(&server.address, client::DEFAULT_TIMEOUT).expect("connect");
+    let mut session =
+        client::TransactionClient::open(&mut link, &mut stream, None).expect("session");
+    session.transact(b"before").expect("first transaction");
+    let output = server.cli(&["revoke", "--module", &serial]);
+    assert!(output.status.success());
+    assert_refused(session.transact(b"after"), ErrorCode::Refused, "revoked");
+    assert_eq!(server.journal().len(), 1);
+}

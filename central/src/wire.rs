@@ -26,7 +26,7 @@ use std::io::{self, Read, Write};
 pub const PROTOCOL_VERSION: u8 = 1;
 
 /// Largest frame (type and body) either side accepts. A module's operating
-/// handshake response (two certificates) is about 1.5 KiB; a transaction
+/// handshake response (two certificates) is about 1.3 KiB; a transaction
 /// message at most 4 KiB plus its tag.
 pub const MAX_FRAME: usize = 16 * 1024;
 

@@ -962,7 +962,10 @@ impl OperatingVector {
     /// (central's keys, module's keys), each computed from its own secrets.
     fn keys(&self) -> (SessionKeys, SessionKeys) {
         let th = self.th();
-        let central_ee = ecdh(&self.central_secret, &parse_point(&self.module_point).unwrap());
+        let central_ee = ecdh(
+            &self.central_secret,
+            &parse_point(&self.module_point).unwrap(),
+        );
         let central_se = ecdh(
             &self.central_secret,
             &parse_point(&self.module_key_point).unwrap(),
@@ -991,40 +994,636 @@ fn key_set_plain() -> Vec<u8> {
     let mut inner = Vec::new();
     tlv::write(&mut inner, tag::KEY_SET_ID, &TX_KEY_SET_ID);
     tlv::write(&mut inner, tag::KEY_SET_KEY, &TX_KEY_SET_KEY);
-    tlv::write(&mut inner, tag::KEY_SET_EXPIRES, &TX_KEY_SET_EXPIRES.to_be_bytes());
+    tlv::write(
+        &mut inner,
+        tag::KEY_SET_EXPIRES,
+        &TX_KEY_SET_EXPIRES.to_be_bytes(),
+    );
     tlv::encode(tag::KEY_SET, &inner)
 }
 
+// The operating vector's pinned values.
+const OP_CENTRAL_EPHEMERAL_SECRET: &str = "e090db24a73f5feafa3fcb5be539b1e24170e2de309b63aa1d0e9877e5f00c24ff105c42056bf2976100563eba597e03";
+const OP_MODULE_EPHEMERAL_SECRET: &str = "54c39b4ff24a22a8d8adca1de6e209c77f5cd052acda706d7bd4f31e51900e215337835ec2e6f29cfc93cafa21eda01f";
+const OP_MODULE_KEY_SECRET: &str = "36d6a36d01518a1d19751d82c70cea6db58f1589a4f74614ca6b6f775afc827bd079c95ba682a2560a7d5d877464f9e5";
+const OP_CENTRAL_EPHEMERAL: &str = "04\
+    d0b8a74cc86b1a031a0419ef57493930a7f91db5ddf34da63524a5c6a7ae64e61ee88697d167534990e1390e7a320b54\
+    d2db221303b6be9834838e9b92d207087233f23eb419a7446967b4f67bf2fdeb5c9fff08cb4bff4b30ac0280cac01b7f";
+const OP_MODULE_EPHEMERAL: &str = "04\
+    06b5bf62c0d196d05b3991c92f5ab94b1e0be5ecd786b7e1d22003cf5df749079ea5fce2926053c4d7f58b381db795dd\
+    7e99ed2cbf883e3a07277983be3f6b6857d9f168262a56af0c445af41895287b1db0281b3a99a0404ef241f4e9d8eb32";
+const OP_MODULE_KEY: &str = "04\
+    a83eb2b5a591ba37385b645e7a53208678ebabddbd90968c1a4f266313259c78beb9cb758772380840540418f4a92a89\
+    6d5148a91ee4a58c3931488118b6b5d305e9e097155690afc626413f632982a41328b4a488dd776ecc8207041b6d9064";
+const OP_CENTRAL_CERT_HASH: &str = "e234a33fe365162e29cbc4c5c6cfc62a96fe0c8585c1616281b23dfd923bc3b5b966f6a579226a4cd89d786e32f450e6";
+const OP_MODULE_CERT_HASH: &str = "be02b3e2b015f3a35dd2723c0eca0a6b280c41d737ffa6c629decf91376b86494b004237f40960e5d7208d03e210e199";
+const OP_UNIT_CERT_HASH: &str = "de171725162c9b69a2743f5df0fde6a75a4e2d61161a970e4820555728869d5ed9e22287941feeb1100c2b6c27d9cfb3";
+const OP_TRANSCRIPT_HASH: &str = "c61f133a33541c1dcd29674ea98d8dddcb1a6fbb6fdd133d9e311f8574c49d3a652bd23f4aeacb5956da350e8b205619";
+/// Z_ee: x-coordinate of the central ephemeral key times the module's ephemeral point.
+const OP_Z_EE: &str = "51220e2d7edb007bcd92886e4227ce229a0ee81e631e7193893e1d6cd486b04c8a6c462559bbe901a1a2f365ffb7e270";
+/// Z_se: x-coordinate of the central ephemeral key times the module key's point.
+const OP_Z_SE: &str = "bfa4b4b21218b3c08f94aab831a9ac49e1440d0f56bff37cf0dac8147ae0f9fc9f9ada7f2acb779eee235d09128b3c04";
+const OP_COMMAND_KEY: &str = "3bbbae77f8a67b5a576f483c01916d88a55ec1665f3e40e2a0a9168e420e3beb";
+const OP_RESPONSE_KEY: &str = "bc4ca5472261e014e8a09b613211cc76130e8b04d982deb7d4e25e9ad9e880f8";
+/// Label "imprint v1 confirmation key unit": the central system's confirmation key.
+const OP_CENTRAL_CONFIRMATION_KEY: &str = "e9782314b7d04e4e3bee0e25eda208be5c17f68e1216e9e0dcb9b94245ee2fdb73c0c3ccfbeb8d299ce419411a607e52";
+const OP_MODULE_CONFIRMATION_KEY: &str = "2958eb5a1c964a094c976acfe3949d1c3bc723def947ce160ef061503b70ed03c8b659827d7e16b72711a87331ee9d93";
+const OP_CENTRAL_CONFIRMATION: &str = "387a1adcf7191f5394253d64be4264b0859ecb3761551f3963580ac29bcf239ea62bdec01f350da245a10b9b50662b91";
+const OP_MODULE_CONFIRMATION: &str = "0976d8876a99723657c8778d16274da5a3d5276941a327b363be8657818a8b532c1e00c99f288d0bd14c8239a9906808";
+const OP_CENTRAL_SIGNED_DIGEST: &str = "439c067d03efedb0e71688619af2ad000aff5c8b34da64ee66ae6aeb47a65d5456a6dc3f07c05aed55b0cd8250e94b66";
+/// `DF28 3E { C0 10 id, C1 20 key, C2 08 expiry }`.
+const OP_KEY_SET_PLAIN: &str = "df283e c010 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a \
+    c120 c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3 c208 0000000070dbd880";
+/// `85 41 <ciphertext of the key set> 8E 10 <GCM tag>`, header `0C DB 3F FF`, counter 1.
+const OP_SEALED_KEY_SET: &str = "8541 \
+    3032d17c3a69e8faeeff3a22371a1d665a2ac45acc8854039d707425a036c40cf2afc16bc8ca79100bf967dec34f73fe\
+    32f52c333b516cebf0c9a65f76fae15076 8e10 f790ae4a9d95aa37ff88c846eb598ff3";
+/// `85 02 <ciphertext of 90 00> 8E 10 <GCM tag>`: the module's answer, counter 1.
+const OP_SEALED_KEY_SET_RESPONSE: &str = "8502 8a0d 8e10 b286dc7c499bc718d6a3b4beafd5f5e7";
+
 #[test]
-fn print_new_vectors() {
+fn operating_vector_inputs() {
+    let v = OperatingVector::new();
+    assert_eq!(
+        hex(&v.central_secret.to_bytes()),
+        OP_CENTRAL_EPHEMERAL_SECRET
+    );
+    assert_eq!(
+        hex(&v.module_ephemeral_secret.to_bytes()),
+        OP_MODULE_EPHEMERAL_SECRET
+    );
+    assert_eq!(hex(&v.module_key_secret.to_bytes()), OP_MODULE_KEY_SECRET);
+    assert_eq!(hex(&v.central_point), hex(&unhex(OP_CENTRAL_EPHEMERAL)));
+    assert_eq!(hex(&v.module_point), hex(&unhex(OP_MODULE_EPHEMERAL)));
+    assert_eq!(hex(&v.module_key_point), hex(&unhex(OP_MODULE_KEY)));
+    assert_eq!(hex(&v.central_cert_hash), OP_CENTRAL_CERT_HASH);
+    assert_eq!(hex(&v.module_cert_hash), OP_MODULE_CERT_HASH);
+    assert_eq!(hex(&v.unit_cert_hash), OP_UNIT_CERT_HASH);
+    // The pinned scalars reproduce the pinned points.
+    for (secret, point) in [
+        (OP_CENTRAL_EPHEMERAL_SECRET, OP_CENTRAL_EPHEMERAL),
+        (OP_MODULE_EPHEMERAL_SECRET, OP_MODULE_EPHEMERAL),
+        (OP_MODULE_KEY_SECRET, OP_MODULE_KEY),
+    ] {
+        let key = p384::SecretKey::from_slice(&unhex(secret)).unwrap();
+        assert_eq!(hex(&encode_point(&key.public_key())), hex(&unhex(point)));
+    }
+}
+
+#[test]
+fn operating_vector_transcript_hash() {
+    assert_eq!(hex(&OperatingVector::new().th()), OP_TRANSCRIPT_HASH);
+}
+
+#[test]
+fn operating_vector_transcript_hash_layout() {
+    // SHA-384 over (len16 ‖ field)*: label, suite, H(C root), eC, cC, H(module cert),
+    // H(unit cert by C), eM, cM.
+    let mut manual = Sha384::new();
+    for field in [
+        &b"imprint v1 operating channel"[..],
+        &[0x01],
+        &unhex(OP_CENTRAL_CERT_HASH),
+        &unhex(OP_CENTRAL_EPHEMERAL),
+        &[0x99; 32],
+        &unhex(OP_MODULE_CERT_HASH),
+        &unhex(OP_UNIT_CERT_HASH),
+        &unhex(OP_MODULE_EPHEMERAL),
+        &[0xAA; 32],
+    ] {
+        manual.update((field.len() as u16).to_be_bytes());
+        manual.update(field);
+    }
+    let manual: Digest48 = manual.finalize().into();
+    assert_eq!(hex(&manual), OP_TRANSCRIPT_HASH);
+}
+
+#[test]
+fn operating_vector_shared_secrets() {
+    // Each secret from both of its ends: the central system knows only its ephemeral
+    // scalar and the two public points; the module its two scalars and eC.
+    let v = OperatingVector::new();
+    let module_point = parse_point(&v.module_point).unwrap();
+    let module_key = parse_point(&v.module_key_point).unwrap();
+    let central_point = parse_point(&v.central_point).unwrap();
+    assert_eq!(hex(&ecdh(&v.central_secret, &module_point)[..]), OP_Z_EE);
+    assert_eq!(
+        hex(&ecdh(&v.module_ephemeral_secret, &central_point)[..]),
+        OP_Z_EE
+    );
+    assert_eq!(hex(&ecdh(&v.central_secret, &module_key)[..]), OP_Z_SE);
+    assert_eq!(
+        hex(&ecdh(&v.module_key_secret, &central_point)[..]),
+        OP_Z_SE
+    );
+    // With p384's ECDH directly.
+    let shared = diffie_hellman(&v.module_key_secret, central_point.as_affine());
+    assert_eq!(hex(shared.raw_secret_bytes()), OP_Z_SE);
+}
+
+#[test]
+fn operating_vector_key_schedule() {
+    let (central, module) = OperatingVector::new().keys();
+    for keys in [&central, &module] {
+        assert_eq!(hex(&keys.command_key), OP_COMMAND_KEY);
+        assert_eq!(hex(&keys.response_key), OP_RESPONSE_KEY);
+        assert_eq!(
+            hex(&keys.unit_confirmation_key),
+            OP_CENTRAL_CONFIRMATION_KEY
+        );
+        assert_eq!(
+            hex(&keys.module_confirmation_key),
+            OP_MODULE_CONFIRMATION_KEY
+        );
+    }
+}
+
+#[test]
+fn operating_vector_key_schedule_layout() {
+    // HKDF-SHA384(salt = TH, IKM = Z_ee ‖ Z_se, info = label), the personalization labels.
+    let mut ikm = unhex(OP_Z_EE);
+    ikm.extend_from_slice(&unhex(OP_Z_SE));
+    assert_eq!(ikm.len(), 96);
+    let kdf = hkdf::Hkdf::<Sha384>::new(Some(&unhex(OP_TRANSCRIPT_HASH)), &ikm);
+    for (label, expected) in [
+        (&b"imprint v1 sm command key"[..], OP_COMMAND_KEY),
+        (b"imprint v1 sm response key", OP_RESPONSE_KEY),
+        (
+            b"imprint v1 confirmation key unit",
+            OP_CENTRAL_CONFIRMATION_KEY,
+        ),
+        (
+            b"imprint v1 confirmation key module",
+            OP_MODULE_CONFIRMATION_KEY,
+        ),
+    ] {
+        let mut okm = vec![0u8; expected.len() / 2];
+        kdf.expand(label, &mut okm).unwrap();
+        assert_eq!(hex(&okm), expected);
+    }
+    // Without Z_se (a host that only relays, or a signing oracle) the keys differ.
+    let ee_only = hkdf::Hkdf::<Sha384>::new(Some(&unhex(OP_TRANSCRIPT_HASH)), &unhex(OP_Z_EE));
+    let mut okm = [0u8; 48];
+    ee_only
+        .expand(b"imprint v1 confirmation key module", &mut okm)
+        .unwrap();
+    assert_ne!(hex(&okm), OP_MODULE_CONFIRMATION_KEY);
+}
+
+#[test]
+fn operating_vector_confirmations_and_signature() {
     let v = OperatingVector::new();
     let th = v.th();
-    std::println!("OP central secret {}", hex(&v.central_secret.to_bytes()));
-    std::println!("OP module eph secret {}", hex(&v.module_ephemeral_secret.to_bytes()));
-    std::println!("OP module key secret {}", hex(&v.module_key_secret.to_bytes()));
-    std::println!("OP central point {}", hex(&v.central_point));
-    std::println!("OP module point {}", hex(&v.module_point));
-    std::println!("OP module key point {}", hex(&v.module_key_point));
-    std::println!("OP cch {}", hex(&v.central_cert_hash));
-    std::println!("OP mch {}", hex(&v.module_cert_hash));
-    std::println!("OP uch {}", hex(&v.unit_cert_hash));
-    std::println!("OP TH {}", hex(&th));
-    let zee = ecdh(&v.central_secret, &parse_point(&v.module_point).unwrap());
-    let zse = ecdh(&v.central_secret, &parse_point(&v.module_key_point).unwrap());
-    std::println!("OP Zee {}", hex(&zee[..]));
-    std::println!("OP Zse {}", hex(&zse[..]));
-    let (c, m) = v.keys();
-    std::println!("OP cmd {}", hex(&c.command_key));
-    std::println!("OP rsp {}", hex(&c.response_key));
-    std::println!("OP kc {}", hex(&c.unit_confirmation_key));
-    std::println!("OP km {}", hex(&c.module_confirmation_key));
-    std::println!("OP conf central {}", hex(&c.confirmation(Role::Central, &th).unwrap()));
-    std::println!("OP conf module {}", hex(&m.confirmation(Role::Module, &th).unwrap()));
-    std::println!("OP signed digest {}", hex(&signed_digest(Role::Central, &th)));
-    let mut sm = c.into_secure_messaging();
-    std::println!("OP keyset plain {}", hex(&key_set_plain()));
-    std::println!("OP sealed put {}", hex(&sm.seal_command(KEY_SET_HEADER, &key_set_plain()).unwrap()));
-    let mut msm = m.into_secure_messaging();
-    let _ = msm.open_command(KEY_SET_HEADER, &sm_dummy()).ok();
+    let (central, module) = v.keys();
+    assert_eq!(
+        hex(&central.confirmation(Role::Central, &th).unwrap()),
+        OP_CENTRAL_CONFIRMATION
+    );
+    assert_eq!(
+        hex(&module.confirmation(Role::Module, &th).unwrap()),
+        OP_MODULE_CONFIRMATION
+    );
+    module
+        .verify_confirmation(Role::Central, &th, &unhex(OP_CENTRAL_CONFIRMATION))
+        .unwrap();
+    central
+        .verify_confirmation(Role::Module, &th, &unhex(OP_MODULE_CONFIRMATION))
+        .unwrap();
+    // Layout: HMAC-SHA384(k, role label ‖ TH); the central system uses the "unit" key with
+    // the label "central".
+    for (key, label, expected) in [
+        (
+            OP_CENTRAL_CONFIRMATION_KEY,
+            &b"imprint v1 key confirmation central"[..],
+            OP_CENTRAL_CONFIRMATION,
+        ),
+        (
+            OP_MODULE_CONFIRMATION_KEY,
+            b"imprint v1 key confirmation module",
+            OP_MODULE_CONFIRMATION,
+        ),
+    ] {
+        let mut mac = <Hmac<Sha384> as hmac::KeyInit>::new_from_slice(&unhex(key)).unwrap();
+        mac.update(label);
+        mac.update(&unhex(OP_TRANSCRIPT_HASH));
+        assert_eq!(hex(&mac.finalize().into_bytes()), expected);
+    }
+    // The central system signs SHA-384("imprint v1 signature by central" ‖ TH) with C.
+    assert_eq!(
+        hex(&signed_digest(Role::Central, &th)),
+        OP_CENTRAL_SIGNED_DIGEST
+    );
+    let mut concatenated = b"imprint v1 signature by central".to_vec();
+    concatenated.extend_from_slice(&unhex(OP_TRANSCRIPT_HASH));
+    assert_eq!(hex(&sha384(&concatenated)), OP_CENTRAL_SIGNED_DIGEST);
+    // A personalization unit's confirmation over the same keys is not the central system's.
+    assert_eq!(
+        module.verify_confirmation(
+            Role::Central,
+            &th,
+            &central.confirmation(Role::Unit, &th).unwrap()
+        ),
+        Err(ChannelError::BadConfirmation)
+    );
 }
-fn sm_dummy() -> Vec<u8> { Vec::new() }
+
+#[test]
+fn operating_vector_key_set_installation() {
+    assert_eq!(hex(&key_set_plain()), hex(&unhex(OP_KEY_SET_PLAIN)));
+    let (central, module) = OperatingVector::new().keys();
+    let (mut central, mut module) = (
+        central.into_secure_messaging(),
+        module.into_secure_messaging(),
+    );
+    let sealed = central
+        .seal_command(KEY_SET_HEADER, &key_set_plain())
+        .unwrap();
+    assert_eq!(hex(&sealed), hex(&unhex(OP_SEALED_KEY_SET)));
+    assert_eq!(
+        module.open_command(KEY_SET_HEADER, &sealed).unwrap(),
+        key_set_plain()
+    );
+    let response = module.seal_response(KEY_SET_HEADER, &[], 0x9000).unwrap();
+    assert_eq!(hex(&response), hex(&unhex(OP_SEALED_KEY_SET_RESPONSE)));
+    assert_eq!(
+        central.open_response(KEY_SET_HEADER, &response).unwrap(),
+        (Vec::new(), 0x9000)
+    );
+
+    // Layout: AES-256-GCM, nonce 00000000 ‖ counter, AAD 'C'/'R' ‖ counter ‖ header.
+    let nonce = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let cipher = Aes256Gcm::new_from_slice(&unhex(OP_COMMAND_KEY)).unwrap();
+    let aad = [b'C', 0, 0, 0, 0, 0, 0, 0, 1, 0x0C, 0xDB, 0x3F, 0xFF];
+    let direct = cipher
+        .encrypt(
+            &nonce.into(),
+            Payload {
+                msg: &key_set_plain(),
+                aad: &aad,
+            },
+        )
+        .unwrap();
+    let expected = unhex(OP_SEALED_KEY_SET);
+    assert_eq!(&direct[..0x41], &expected[2..0x43]);
+    assert_eq!(&direct[0x41..], &expected[0x45..]);
+    let cipher = Aes256Gcm::new_from_slice(&unhex(OP_RESPONSE_KEY)).unwrap();
+    let aad = [b'R', 0, 0, 0, 0, 0, 0, 0, 1, 0x0C, 0xDB, 0x3F, 0xFF];
+    let direct = cipher
+        .encrypt(
+            &nonce.into(),
+            Payload {
+                msg: &[0x90, 0x00],
+                aad: &aad,
+            },
+        )
+        .unwrap();
+    let expected = unhex(OP_SEALED_KEY_SET_RESPONSE);
+    assert_eq!(&direct[..2], &expected[2..4]);
+    assert_eq!(&direct[2..], &expected[6..]);
+}
+
+#[test]
+fn operating_keys_need_the_module_key() {
+    // A module (or a relay) that has the ephemeral secret but answers with another static
+    // key gets other keys: its confirmation fails at the central system.
+    let v = OperatingVector::new();
+    let th = v.th();
+    let peer = parse_point(&v.central_point).unwrap();
+    let impostor = derive_scalar(&[0x89; 48], &[], b"module key").unwrap();
+    let forged = SessionKeys::derive_operating(
+        &ecdh(&v.module_ephemeral_secret, &peer),
+        &ecdh(&impostor, &peer),
+        &th,
+    );
+    let (central, _) = v.keys();
+    assert_eq!(
+        central.verify_confirmation(
+            Role::Module,
+            &th,
+            &forged.confirmation(Role::Module, &th).unwrap()
+        ),
+        Err(ChannelError::BadConfirmation)
+    );
+    // The order of the secrets matters: Z_se ‖ Z_ee is not Z_ee ‖ Z_se.
+    let z_ee: [u8; 48] = unhex(OP_Z_EE).try_into().unwrap();
+    let z_se: [u8; 48] = unhex(OP_Z_SE).try_into().unwrap();
+    let swapped = SessionKeys::derive_operating(&z_se, &z_ee, &th);
+    assert_ne!(hex(&swapped.command_key), OP_COMMAND_KEY);
+}
+
+#[test]
+fn operating_transcript_hash_covers_every_field() {
+    let v = OperatingVector::new();
+    let base = v.th();
+    let other_hash = sha384(b"other");
+    let mut other_point = v.central_point.clone();
+    other_point[5] ^= 1;
+    let other_challenge = [0xBB; 32];
+    for index in 0..7 {
+        let th = OperatingValues {
+            central_cert_hash: if index == 0 {
+                &other_hash
+            } else {
+                &v.central_cert_hash
+            },
+            central_ephemeral: if index == 1 {
+                &other_point
+            } else {
+                &v.central_point
+            },
+            central_challenge: if index == 2 {
+                &other_challenge
+            } else {
+                &v.central_challenge
+            },
+            module_cert_hash: if index == 3 {
+                &other_hash
+            } else {
+                &v.module_cert_hash
+            },
+            unit_cert_hash: if index == 4 {
+                &other_hash
+            } else {
+                &v.unit_cert_hash
+            },
+            module_ephemeral: if index == 5 {
+                &other_point
+            } else {
+                &v.module_point
+            },
+            module_challenge: if index == 6 {
+                &other_challenge
+            } else {
+                &v.module_challenge
+            },
+        }
+        .transcript_hash();
+        assert_ne!(th, base, "field {index}");
+    }
+    // The same values under the personalization label hash differently (channel separation).
+    let mut transcript = Transcript::new(ChannelKind::Personalization);
+    for field in [
+        &v.central_cert_hash[..],
+        &v.central_point,
+        &v.central_challenge,
+        &v.module_cert_hash,
+        &v.unit_cert_hash,
+        &v.module_point,
+        &v.module_challenge,
+    ] {
+        transcript.append(field);
+    }
+    assert_ne!(transcript.finish(), base);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The transaction session's test vector (docs/protocol.md, "Transaction session test vector"),
+// on the key set the operating vector installs. The four keys are private to
+// `transaction`; they are pinned here from HKDF directly, and the code's confirmations and
+// sealed fields are checked against them.
+
+const TX_SERIAL: [u8; 8] = [0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF];
+const TX_CENTRAL_CHALLENGE: [u8; 32] = [0x31; 32];
+const TX_MODULE_CHALLENGE: [u8; 32] = [0x32; 32];
+const TX_COUNTER: u32 = 1;
+const TX_PAYLOAD: &[u8] = b"pay 10.00 EUR to account 42";
+const TX_REPLY: &[u8] = b"accepted";
+const TX_RECEIPT_NUMBER: u64 = 1;
+
+const TX_TRANSCRIPT_HASH: &str = "3af060cf8e196d090be7e732b4c8018f6f678720b9d8ddeb7586d5f2d7eb239e82e6faacfcfe2c7d6ccff335e1d4cc1c";
+const TX_MODULE_KEY: &str = "59019cd08b8b4f109fbf529ba203e7c5b86ce93ec3545e0be5bced2bc7851db7";
+const TX_CENTRAL_KEY: &str = "c79e9d3fe264ae1976d934b1e19681fb27807966e8cf57a279b0f1c231f024ab";
+const TX_MODULE_CONFIRMATION_KEY: &str = "bb847d93d2c7ba6d1443d80668c7508a11aa031d63e2fdaf404ce967cbab3ea3d3376e69d52cef78f87212330dc41aa0";
+const TX_CENTRAL_CONFIRMATION_KEY: &str = "b6ecd6a7648b7dc1df3cda5d0ff955e9619a486319c8a2b083434cf745a364b612ed0357c1ee5e1efcf8b591ff2e16bb";
+const TX_MODULE_CONFIRMATION: &str = "da8ff990ee47bad7cf94302d3286c7dbe88bc86735c27566be8c89498d822e94f52c9cf3267293357ac64a7532110c5a";
+const TX_CENTRAL_CONFIRMATION: &str = "9f122dd6625c78a211a2d0ea03dbddbe0eef7f40d3b4457477ff3f141df6de0760b1676aedd94b4eb2f51ce9b87b61f1";
+/// `85 1B <ciphertext of the payload> 8E 10 <GCM tag>`: message 1.
+const TX_SEALED_MESSAGE_1: &str = "851b 0c6c0c185b328a25fca479ec050e3461532ba9179b56bcf14225a3 \
+    8e10 9bf843856fde58cc7fa1ca77f66cf27d";
+/// `C0 08 number ‖ C1 30 SHA-384(payload) ‖ C2 08 "accepted"`.
+const TX_RECEIPT_1: &str = "c008 0000000000000001 \
+    c130 74d0479815f511077587d01b571f01810cb446ec9f25ea51916abf37cee19374910ecf84922ed607dc9b983923ecb84d \
+    c208 6163636570746564";
+/// `85 46 <ciphertext of the receipt> 8E 10 <GCM tag>`: receipt 1.
+const TX_SEALED_RECEIPT_1: &str = "8546 \
+    a2189141ae1ccbbe7177500be5552632759a227257437ac9a1428b779c367d4ec49c6d88c8fee86fdb80faeafcc6\
+    06724d1535b7f3ba3c2ac182c229a3f207aa8f0080688109 8e10 1f72ff6ef733ca560bf2f95e16c9e844";
+
+fn tx_values() -> TransactionValues<'static> {
+    TransactionValues {
+        key_set_id: &TX_KEY_SET_ID,
+        serial: &TX_SERIAL,
+        central_challenge: &TX_CENTRAL_CHALLENGE,
+        module_challenge: &TX_MODULE_CHALLENGE,
+        session_counter: TX_COUNTER,
+    }
+}
+
+fn tx_receipt() -> Vec<u8> {
+    let mut receipt = Vec::new();
+    tlv::write(
+        &mut receipt,
+        tag::RECEIPT_NUMBER,
+        &TX_RECEIPT_NUMBER.to_be_bytes(),
+    );
+    tlv::write(&mut receipt, tag::RECEIPT_DIGEST, &sha384(TX_PAYLOAD));
+    tlv::write(&mut receipt, tag::RECEIPT_REPLY, TX_REPLY);
+    receipt
+}
+
+#[test]
+fn transaction_vector_transcript_hash() {
+    assert_eq!(hex(&tx_values().transcript_hash()), TX_TRANSCRIPT_HASH);
+    // Layout: SHA-384 over (len16 ‖ field)*: label, suite, key set id, serial, cC, cM,
+    // counter (4 bytes big-endian).
+    let mut manual = Sha384::new();
+    for field in [
+        &b"imprint v1 transaction session"[..],
+        &[0x01],
+        &TX_KEY_SET_ID,
+        &TX_SERIAL,
+        &TX_CENTRAL_CHALLENGE,
+        &TX_MODULE_CHALLENGE,
+        &[0, 0, 0, 1],
+    ] {
+        manual.update((field.len() as u16).to_be_bytes());
+        manual.update(field);
+    }
+    let manual: Digest48 = manual.finalize().into();
+    assert_eq!(hex(&manual), TX_TRANSCRIPT_HASH);
+    // Every field counts, the counter above all.
+    let mut next = tx_values();
+    next.session_counter = 2;
+    assert_ne!(hex(&next.transcript_hash()), TX_TRANSCRIPT_HASH);
+    let other_id = [0x5B; 16];
+    let mut other = tx_values();
+    other.key_set_id = &other_id;
+    assert_ne!(hex(&other.transcript_hash()), TX_TRANSCRIPT_HASH);
+    let mut other = tx_values();
+    other.serial = &TX_SERIAL[..7];
+    assert_ne!(hex(&other.transcript_hash()), TX_TRANSCRIPT_HASH);
+    let mut other = tx_values();
+    other.central_challenge = &TX_MODULE_CHALLENGE;
+    assert_ne!(hex(&other.transcript_hash()), TX_TRANSCRIPT_HASH);
+    let mut other = tx_values();
+    other.module_challenge = &TX_CENTRAL_CHALLENGE;
+    assert_ne!(hex(&other.transcript_hash()), TX_TRANSCRIPT_HASH);
+}
+
+#[test]
+fn transaction_vector_key_schedule_layout() {
+    // HKDF-SHA384(salt = TH, IKM = the key set's 32-byte key, info = label).
+    let kdf = hkdf::Hkdf::<Sha384>::new(Some(&unhex(TX_TRANSCRIPT_HASH)), &TX_KEY_SET_KEY);
+    for (label, expected) in [
+        (&b"imprint v1 tx module key"[..], TX_MODULE_KEY),
+        (b"imprint v1 tx central key", TX_CENTRAL_KEY),
+        (
+            b"imprint v1 tx confirmation module",
+            TX_MODULE_CONFIRMATION_KEY,
+        ),
+        (
+            b"imprint v1 tx confirmation central",
+            TX_CENTRAL_CONFIRMATION_KEY,
+        ),
+    ] {
+        let mut okm = vec![0u8; expected.len() / 2];
+        kdf.expand(label, &mut okm).unwrap();
+        assert_eq!(hex(&okm), expected);
+    }
+}
+
+#[test]
+fn transaction_vector_confirmations() {
+    let th = tx_values().transcript_hash();
+    let keys = TransactionKeys::derive(&TX_KEY_SET_KEY, &th);
+    assert_eq!(
+        hex(&keys.confirmation(Role::Module, &th).unwrap()),
+        TX_MODULE_CONFIRMATION
+    );
+    assert_eq!(
+        hex(&keys.confirmation(Role::Central, &th).unwrap()),
+        TX_CENTRAL_CONFIRMATION
+    );
+    keys.verify_confirmation(Role::Module, &th, &unhex(TX_MODULE_CONFIRMATION))
+        .unwrap();
+    keys.verify_confirmation(Role::Central, &th, &unhex(TX_CENTRAL_CONFIRMATION))
+        .unwrap();
+    // Reflection fails; the unit role has no transaction key.
+    assert_eq!(
+        keys.verify_confirmation(Role::Central, &th, &unhex(TX_MODULE_CONFIRMATION)),
+        Err(ChannelError::BadConfirmation)
+    );
+    assert_eq!(
+        keys.confirmation(Role::Unit, &th),
+        Err(ChannelError::BadConfirmation)
+    );
+    // Layout: HMAC-SHA384(k, label ‖ TH), the same role labels as the channels.
+    for (key, label, expected) in [
+        (
+            TX_MODULE_CONFIRMATION_KEY,
+            &b"imprint v1 key confirmation module"[..],
+            TX_MODULE_CONFIRMATION,
+        ),
+        (
+            TX_CENTRAL_CONFIRMATION_KEY,
+            b"imprint v1 key confirmation central",
+            TX_CENTRAL_CONFIRMATION,
+        ),
+    ] {
+        let mut mac = <Hmac<Sha384> as hmac::KeyInit>::new_from_slice(&unhex(key)).unwrap();
+        mac.update(label);
+        mac.update(&unhex(TX_TRANSCRIPT_HASH));
+        assert_eq!(hex(&mac.finalize().into_bytes()), expected);
+    }
+}
+
+#[test]
+fn transaction_vector_message_and_receipt() {
+    assert_eq!(hex(&tx_receipt()), hex(&unhex(TX_RECEIPT_1)));
+    let th = tx_values().transcript_hash();
+    let mut module = TransactionKeys::derive(&TX_KEY_SET_KEY, &th).into_session(&th);
+    let mut central = TransactionKeys::derive(&TX_KEY_SET_KEY, &th).into_session(&th);
+    let (sequence, sealed) = module.seal_message(TX_PAYLOAD).unwrap();
+    assert_eq!(sequence, 1);
+    assert_eq!(hex(&sealed), hex(&unhex(TX_SEALED_MESSAGE_1)));
+    assert_eq!(
+        central.open_message(&sealed).unwrap(),
+        (1, TX_PAYLOAD.to_vec())
+    );
+    let receipt = central.seal_receipt(&tx_receipt()).unwrap();
+    assert_eq!(hex(&receipt), hex(&unhex(TX_SEALED_RECEIPT_1)));
+    assert_eq!(module.open_receipt(&receipt).unwrap(), tx_receipt());
+
+    // Layout: AES-256-GCM; nonce direction ‖ 00 00 00 ‖ s (8 bytes), direction 'M' (4D) for
+    // messages under the module key, 'C' (43) for receipts under the central key;
+    // AAD direction ‖ s (8 bytes) ‖ TH.
+    let th = unhex(TX_TRANSCRIPT_HASH);
+    for (key, direction, plain, expected) in [
+        (
+            TX_MODULE_KEY,
+            b'M',
+            TX_PAYLOAD.to_vec(),
+            TX_SEALED_MESSAGE_1,
+        ),
+        (TX_CENTRAL_KEY, b'C', tx_receipt(), TX_SEALED_RECEIPT_1),
+    ] {
+        let cipher = Aes256Gcm::new_from_slice(&unhex(key)).unwrap();
+        let nonce = [direction, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut aad = vec![direction, 0, 0, 0, 0, 0, 0, 0, 1];
+        aad.extend_from_slice(&th);
+        assert_eq!(aad.len(), 57);
+        let direct = cipher
+            .encrypt(
+                &nonce.into(),
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
+            .unwrap();
+        assert_eq!(hex(&frame(&direct)), hex(&unhex(expected)));
+    }
+}
+
+#[test]
+fn transaction_session_rejects_replay_reorder_and_reflection() {
+    let th = tx_values().transcript_hash();
+    let session = || TransactionKeys::derive(&TX_KEY_SET_KEY, &th).into_session(&th);
+    let (mut module, mut central) = (session(), session());
+    let (_, first) = module.seal_message(b"first").unwrap();
+    let (_, second) = module.seal_message(b"second").unwrap();
+    // Out of order: the second message does not open as the first.
+    assert_eq!(
+        session().open_message(&second),
+        Err(ChannelError::SecureMessaging)
+    );
+    central.open_message(&first).unwrap();
+    // Replayed: the first does not open as the second.
+    assert_eq!(
+        central.open_message(&first),
+        Err(ChannelError::SecureMessaging)
+    );
+    // A message reflected as a receipt, and a receipt for another message, fail.
+    let (mut module, mut central) = (session(), session());
+    let (_, message) = module.seal_message(TX_PAYLOAD).unwrap();
+    central.open_message(&message).unwrap();
+    assert_eq!(
+        module.open_receipt(&message),
+        Err(ChannelError::SecureMessaging)
+    );
+    let receipt = central.seal_receipt(&tx_receipt()).unwrap();
+    module.seal_message(b"next").unwrap();
+    assert_eq!(
+        module.open_receipt(&receipt),
+        Err(ChannelError::SecureMessaging)
+    );
+    // Another session (next counter) cannot open this one's messages.
+    let mut next_values = tx_values();
+    next_values.session_counter = 2;
+    let next_th = next_values.transcript_hash();
+    let mut other = TransactionKeys::derive(&TX_KEY_SET_KEY, &next_th).into_session(&next_th);
+    assert_eq!(
+        other.open_message(&unhex(TX_SEALED_MESSAGE_1)),
+        Err(ChannelError::SecureMessaging)
+    );
+}

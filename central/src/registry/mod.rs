@@ -75,6 +75,12 @@ pub enum RegistryError {
     /// The database failed.
     #[error("the registry database failed")]
     Sqlite(#[from] rusqlite::Error),
+    /// The sealing key file is missing while the database holds key sets sealed with it.
+    #[error(
+        "{path} is missing but the registry holds key sets sealed with it; restore it from the backup",
+        path = .0.display()
+    )]
+    SealingKeyMissing(PathBuf),
     /// The server's journal writer could not commit (the cause is in its text).
     #[error("the transaction journal is unavailable: {0}")]
     JournalUnavailable(String),
@@ -336,8 +342,20 @@ impl Registry {
     /// keys, and migrates the schema.
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
         keyfile::create_private_dir(dir)?;
-        let sealing_key = sealing_key(&dir.join(SEALING_KEY_FILE))?;
+        let key_path = dir.join(SEALING_KEY_FILE);
         let db = dir.join(DB_FILE);
+        // A lost sealing key must not be replaced by a fresh one under a
+        // database full of key sets sealed with the old: they would all read
+        // as corrupt. Refuse, and let the operator restore the key.
+        if !key_path.exists() && db.exists() {
+            let sealed: i64 = Connection::open(&db)?
+                .query_row("SELECT count(*) FROM key_sets", [], |row| row.get(0))
+                .unwrap_or(0);
+            if sealed > 0 {
+                return Err(RegistryError::SealingKeyMissing(key_path));
+            }
+        }
+        let sealing_key = sealing_key(&key_path)?;
         create_private_file(&db)?;
         let mut conn = Connection::open(&db)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -1014,6 +1032,15 @@ fn insert_transaction(
             return Err(Refusal::KeySetOfOtherModule.into());
         }
         Some(_) => {}
+    }
+    // Checked per message, not only when the session opened: a revocation
+    // stops an open session at its next message.
+    let serial = record.serial.to_ascii_lowercase();
+    if module_revoked(tx, &serial)? {
+        return Err(Refusal::ModuleRevoked.into());
+    }
+    if module_unit_revoked(tx, &serial)? {
+        return Err(Refusal::UnitRevoked.into());
     }
     let inserted = tx.execute(
         "INSERT INTO transactions

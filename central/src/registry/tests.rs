@@ -435,7 +435,14 @@ fn another_sealing_key_opens_nothing() {
     let set = key_set(1, NOW, NOW + HOUR);
     registry.store_key_set(SERIAL, &set).expect("store");
     drop(registry);
-    std::fs::remove_file(fixture.dir.join(SEALING_KEY_FILE)).expect("remove key");
+    // Another key in the file (a wrong backup restored, say).
+    crate::keyfile::write_atomic(
+        &fixture.dir.join(SEALING_KEY_FILE),
+        &[0x5C; 32],
+        crate::keyfile::KEY_FILE_MODE,
+        crate::keyfile::Overwrite::Replace,
+    )
+    .expect("replace key");
     let registry = fixture.registry();
     let err = registry.key_set(&set.id).expect_err("other key");
     assert!(matches!(err, RegistryError::Corrupt(_)), "{err:?}");
@@ -809,4 +816,21 @@ fn a_group_commit_keeps_the_good_records_and_refuses_the_bad_alone() {
         journal.iter().map(|entry| entry.number).collect::<Vec<_>>(),
         vec![first, second]
     );
+}
+
+#[test]
+fn a_lost_sealing_key_is_not_replaced_under_sealed_key_sets() {
+    let fixture = Fixture::new();
+    let mut registry = with_module(&fixture, SERIAL);
+    registry
+        .store_key_set(SERIAL, &key_set(1, NOW, NOW + HOUR))
+        .expect("store");
+    drop(registry);
+    let key_path = fixture.dir.join(SEALING_KEY_FILE);
+    std::fs::remove_file(&key_path).expect("lose the key");
+    match Registry::open(&fixture.dir) {
+        Err(RegistryError::SealingKeyMissing(path)) => assert_eq!(path, key_path),
+        other => panic!("expected SealingKeyMissing, got {other:?}"),
+    }
+    assert!(!key_path.exists(), "no fresh key was written");
 }

@@ -489,10 +489,18 @@ async fn transact(
             session_counter: claim.session_counter,
             sequence: u32::try_from(sequence).map_err(|_| OperatingError::BadMessage)?,
         };
-        let reply = service
-            .handler
-            .handle(&context, &payload)
+        // The handler is application code of unknown speed: keep it off the
+        // runtime's worker threads.
+        let reply = tokio::task::block_in_place(|| service.handler.handle(&context, &payload))
             .map_err(|refusal| Failure::Refused(format!("the application refused: {refusal}")))?;
+        // Checked before the journal: a transaction without a receipt must not be journaled.
+        if reply.len() > crate::operating::REPLY_MAX {
+            return Err(Failure::Refused(format!(
+                "the application's reply of {} bytes exceeds the receipt's {} bytes",
+                reply.len(),
+                crate::operating::REPLY_MAX
+            )));
+        }
         let payload_digest = sha384(&payload);
         let number = service
             .journal(TransactionRecord {

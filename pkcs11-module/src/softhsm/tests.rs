@@ -417,7 +417,8 @@ fn generate_sign_verify() {
 }
 
 /// The private key is sensitive, never extractable, and cannot be weakened,
-/// copied, wrapped or used for anything but ECDSA.
+/// copied, wrapped or used for anything but ECDSA and, for the module key,
+/// the ECDH of the operating channel.
 #[test]
 fn private_key_attributes() {
     on_fresh_token(|mut memory| {
@@ -461,14 +462,14 @@ fn private_key_attributes() {
             Attribute::NeverExtractable(true),
             Attribute::Local(true),
             Attribute::Sign(true),
-            Attribute::Derive(false),
+            Attribute::Derive(true),
             Attribute::Decrypt(false),
             Attribute::Unwrap(false),
             Attribute::Copyable(false),
             Attribute::Modifiable(false),
             Attribute::Label(name.clone()),
             Attribute::Id(name),
-            Attribute::AllowedMechanisms(vec![MechanismType::ECDSA]),
+            Attribute::AllowedMechanisms(vec![MechanismType::ECDSA, MechanismType::ECDH1_DERIVE]),
         ] {
             assert!(
                 attributes.contains(&expected),
@@ -542,6 +543,31 @@ fn private_key_attributes() {
                 .len(),
             96
         );
+    });
+}
+
+/// The module key agrees the operating channel's static-ephemeral secret
+/// inside the token: the same x-coordinate the central system computes from
+/// its ephemeral secret and the module's public key; the identity key does not
+/// agree at all.
+#[test]
+fn the_module_key_agrees_keys_inside_the_token() {
+    on_fresh_token(|mut memory| {
+        let module = memory.generate(KeySlot::Module, b"v").unwrap();
+        let peer_secret = p384::SecretKey::from_slice(&[0x17; 48]).unwrap();
+        let peer = peer_secret.public_key();
+        let inside = memory.agree(KeySlot::Module, &peer).unwrap();
+        let outside = imprint_apdu::channel::ecdh(&peer_secret.to_nonzero_scalar(), &module);
+        assert_eq!(*inside, *outside);
+        // No session object is left behind.
+        let secrets = memory
+            .session
+            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+            .unwrap();
+        assert!(secrets.is_empty(), "{secrets:?}");
+
+        memory.generate(KeySlot::Identity, &[]).unwrap();
+        assert!(memory.agree(KeySlot::Identity, &peer).is_err());
     });
 }
 
