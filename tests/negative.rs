@@ -308,6 +308,7 @@ fn every_plain_command_in_every_wrong_state_gets_its_status_word() {
             sw::WRONG_P1P2,
         ),
     ];
+    let challenge = tlv::encode(0x7C, &tlv::encode(0x81, &[0x11; 32]));
     cases.extend(vec![
         // VERIFY and COMPUTE DIGITAL SIGNATURE exist only in OPERATING.
         ("blank", verify, b"1234".to_vec(), sw::CONDITIONS),
@@ -346,9 +347,59 @@ fn every_plain_command_in_every_wrong_state_gets_its_status_word() {
         ),
         (
             "operating",
-            [0x00, 0x2A, 0x80, 0x86],
+            [0x00, 0x2A, 0x80, 0x80],
             digest.clone(),
             sw::WRONG_P1P2,
+        ),
+        // Transaction sessions: ENCIPHER and DECIPHER need an open session,
+        // INTERNAL AUTHENTICATE an OPERATING module with a key set.
+        (
+            "operating",
+            [0x00, 0x2A, 0x86, 0x80],
+            b"payload".to_vec(),
+            sw::SECURITY_STATUS,
+        ),
+        (
+            "operating",
+            [0x00, 0x2A, 0x80, 0x86],
+            digest.clone(),
+            sw::SECURITY_STATUS,
+        ),
+        (
+            "operating",
+            [0x00, 0x2A, 0x86, 0x80],
+            vec![0; 4097],
+            sw::WRONG_LENGTH,
+        ),
+        (
+            "operating",
+            [0x00, 0x88, 0x01, 0x00],
+            challenge.clone(),
+            sw::DATA_NOT_FOUND,
+        ),
+        (
+            "operating",
+            [0x00, 0x88, 0x01, 0x01],
+            challenge.clone(),
+            sw::WRONG_P1P2,
+        ),
+        (
+            "personalization",
+            [0x00, 0x88, 0x01, 0x00],
+            challenge.clone(),
+            sw::CONDITIONS,
+        ),
+        (
+            "operating",
+            [0x00, 0x82, 0x01, 0x03],
+            vec![0x7C, 0x00],
+            sw::CONDITIONS,
+        ),
+        (
+            "personalization",
+            [0x00, 0x82, 0x01, 0x02],
+            vec![0x7C, 0x00],
+            sw::CONDITIONS,
         ),
         ("operating", sign, vec![0; 65], sw::WRONG_LENGTH),
         ("operating", sign, vec![], sw::WRONG_LENGTH),
