@@ -1041,12 +1041,12 @@ fn import_journal(personalizer: &Path, input: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
     // Everything is checked before the journal is opened for writing.
     let export = transfer::verify_export(&bytes, &unit)
-        .with_context(|| format!("{} is refused", input.display()))?;
+        .with_context(|| format!("importing {}", input.display()))?;
     let path = roles::journal_path(personalizer);
     let mut journal = SqliteJournal::open(&path)?;
     let report = journal
         .import(&export)
-        .with_context(|| format!("{} is refused", input.display()))?;
+        .with_context(|| format!("importing {}", input.display()))?;
     out!(
         "imported {} from {} ({}): {} new, {} updated, {} already present",
         input.display(),

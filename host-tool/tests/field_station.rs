@@ -338,7 +338,7 @@ fn a_flipped_byte_anywhere_is_refused() {
     ] {
         let mut flipped = station.export.clone();
         flipped[at] ^= 0x20;
-        station.refuses(&flipped, "is refused");
+        station.refuses(&flipped, "journal export refused: ");
     }
     station.refuses(
         &{
