@@ -536,6 +536,23 @@ impl SqliteJournal {
                 .optional()
                 .map_err(sqlite(&path, "cannot look up an imported entry"))?;
             let Some((fingerprint, status, reason)) = existing else {
+                // The same certificate under another origin (the field unit
+                // re-certified since an earlier import, or a copy of another
+                // unit's entry) would be journaled twice.
+                let duplicate: Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM issuance WHERE fingerprint = ?1",
+                        [&entry.fingerprint],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(sqlite(&path, "cannot look up a certificate"))?;
+                if duplicate.is_some() {
+                    return Err(HostError::ImportConflict {
+                        origin_id: entry.id,
+                        what: "its certificate is already in this journal under another origin",
+                    });
+                }
                 tx.execute(
                     "INSERT INTO issuance (serial, fingerprint, certificate, nonce, status, reason,
                                            issued_at, updated_at, origin_unit, origin_id, import_id)

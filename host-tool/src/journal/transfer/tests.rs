@@ -201,3 +201,55 @@ fn an_export_from_the_importing_unit_itself_is_refused() {
     let err = verify(&bytes, &d.field).unwrap_err();
     assert!(matches!(err, ExportRejection::FromThisUnit), "{err}");
 }
+
+#[test]
+fn random_damage_never_panics_the_parser() {
+    let d = deployment();
+    let bytes = export_journal(&d.field_journal, &d.field).expect("export");
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move || {
+        // xorshift64*: reproducible damage without a dependency.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    for _ in 0..2000 {
+        let mut damaged = bytes.clone();
+        for _ in 0..(next() % 4 + 1) {
+            let at = (next() % damaged.len() as u64) as usize;
+            match next() % 3 {
+                0 => damaged[at] = next() as u8,
+                1 => damaged.insert(at, next() as u8),
+                _ => {
+                    damaged.remove(at);
+                }
+            }
+        }
+        if damaged != bytes {
+            assert!(parse_export(&damaged).is_err() || verify(&damaged, &d.main).is_err());
+        }
+    }
+}
+
+#[test]
+fn a_certificate_already_journaled_under_another_origin_is_refused() {
+    let mut d = deployment();
+    let bytes = export_journal(&d.field_journal, &d.field).expect("export");
+    import_export(&mut d.main_journal, &bytes, &d.main).expect("import");
+    // The same entries under other ids: a rebuilt field journal.
+    let mut entries = d.field_journal.entries().expect("entries");
+    for entry in &mut entries {
+        entry.id += 100;
+    }
+    let again = encode_export(
+        &d.field.cert_by_manufacturer,
+        &d.field.cert_by_central,
+        &entries,
+        &d.field.key,
+    )
+    .expect("encode");
+    let err = import_export(&mut d.main_journal, &again, &d.main).unwrap_err();
+    assert!(matches!(err, HostError::ImportConflict { .. }), "{err}");
+    assert_eq!(d.main_journal.entries().expect("entries").len(), 3);
+}
