@@ -1,7 +1,9 @@
 //! One end-to-end test per patent claim (`cargo test claim`): the
 //! personalization unit's flow against the applet in-process, on file key
 //! memories. The same bodies (`support/claims.rs`) run through pcscd in
-//! `host-tool/tests/pcsc_claims.rs`.
+//! `host-tool/tests/pcsc_claims.rs`. Claim 12 (the field station and its
+//! journal transfer) needs the host tool's journal and runs in
+//! `host-tool/tests/field_station.rs`, in-process and through pcscd.
 
 use imprint_apdu::applet::Applet;
 use imprint_apdu::host::{CardLink, InProcessTransport, PersonalizationOptions, personalize};

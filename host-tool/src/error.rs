@@ -206,6 +206,33 @@ pub enum HostError {
         /// What is wrong.
         what: &'static str,
     },
+    /// A journal export failed verification; nothing was imported.
+    #[error("journal export refused")]
+    ExportRefused(#[from] crate::journal::transfer::ExportRejection),
+    /// This export was imported into this journal before.
+    #[error(
+        "this export (chain hash {export_hash}) was already imported at {at}; nothing imported again",
+        at = imprint_central::display::utc(u64::try_from(*.imported_at).unwrap_or(0))
+    )]
+    AlreadyImported {
+        /// The export's final chain hash (hex).
+        export_hash: String,
+        /// When it was imported (seconds since the Unix epoch).
+        imported_at: i64,
+    },
+    /// An imported entry contradicts an entry imported before from the same unit.
+    #[error(
+        "the export's entry {origin_id} contradicts the entry imported before under that id: {what}; nothing imported"
+    )]
+    ImportConflict {
+        /// The entry's id in the field unit's journal.
+        origin_id: i64,
+        /// How it differs.
+        what: &'static str,
+    },
+    /// A journal export would have a field too long for its length prefix.
+    #[error("the journal export would hold a field longer than its format allows")]
+    ExportTooLarge,
     /// The demo was asked for no modules.
     #[error("the demo needs at least one module")]
     NoModules,

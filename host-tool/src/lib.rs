@@ -19,7 +19,8 @@
 //!
 //! - [`roles`]: the on-disk layout of the manufacturer and of the unit.
 //! - [`journal`]: the SQLite issuance journal behind
-//!   [`imprint_apdu::host::IssuanceJournal`].
+//!   [`imprint_apdu::host::IssuanceJournal`], and its signed export and
+//!   verified import for field units ([`journal::transfer`], claim 12).
 //! - [`module`]: opening a file-backed module in-process.
 //! - [`demo`]: the whole flow on N modules, verified afterwards.
 //! - [`bench`](mod@bench): P-384 signature rates against `openssl speed`.

@@ -9,6 +9,7 @@
 //!  imprint manufacturer manufacture ─▶ module DIR or card in a reader (identity key + certificate)
 //!  imprint personalize ─▶ module DIR or card in a reader OPERATING, P/journal.sqlite
 //!  imprint module status | reset | export-chain;  imprint journal list
+//!  imprint journal export ─▶ FILE (field unit, claim 12) ─▶ imprint journal import (main unit)
 //!  imprint bench crypto | pcsc | station  (P-384 rates; round trips, personalizations and
 //!                                          station throughput through pcscd)
 //!  imprint readers;  imprint station ─▶ every card inserted into the readers, once each
@@ -36,7 +37,8 @@ use imprint_apdu::host::{CardLink, PersonalizationOptions, personalize, reset_mo
 use imprint_apdu::pki::Certificate;
 use imprint_apdu::proto::len::VARIATION_MAX;
 use imprint_central::display;
-use imprint_host::journal::{IssuanceStatus, SqliteJournal};
+use imprint_central::keyfile::{self, Overwrite};
+use imprint_host::journal::{IssuanceStatus, SqliteJournal, transfer};
 use imprint_host::pcsc::{
     AnyTransport, ConnectOptions, LengthMode, PcscTransport, ReaderWatch, ShortReason,
 };
@@ -527,6 +529,30 @@ enum JournalCommand {
         #[arg(long)]
         serial: Option<String>,
     },
+    /// Field station (claim 12): write this unit's own journal entries as a
+    /// signed, hash-chained export for the main issuance database, with the
+    /// unit's certificates. Signed with the unit's key, which stays in DIR.
+    Export {
+        /// The (field) personalization unit's directory.
+        #[arg(long, value_name = "DIR")]
+        personalizer: PathBuf,
+        /// Where to write the export (refused if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Field station (claim 12): verify a field unit's export against this
+    /// unit (same manufacturer, same central system, signature, hash chain,
+    /// every certificate issued by the field unit) and only then add its
+    /// entries, with their origin, to this unit's journal in one transaction.
+    /// The same export is imported once.
+    Import {
+        /// The main personalization unit's directory.
+        #[arg(long, value_name = "DIR")]
+        personalizer: PathBuf,
+        /// The export written by `imprint journal export`.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -614,6 +640,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             personalizer,
             serial,
         }) => list_journal(&personalizer, serial),
+        Command::Journal(JournalCommand::Export { personalizer, out }) => {
+            export_journal(&personalizer, &out)
+        }
+        Command::Journal(JournalCommand::Import {
+            personalizer,
+            input,
+        }) => import_journal(&personalizer, &input),
         Command::Readers => list_readers(),
         Command::Station(args) => run_station(args),
         Command::Bench(command) => run_bench(command),
@@ -948,23 +981,29 @@ fn list_journal(personalizer: &Path, serial: Option<String>) -> anyhow::Result<(
         None => journal.entries()?,
     };
     out!(
-        "{:>5}  {:<16}  {:<9}  {:<20}  {:<32}  reason",
+        "{:>5}  {:<16}  {:<9}  {:<20}  {:<32}  {:<24}  reason",
         "id",
         "serial",
         "status",
         "issued at",
-        "fingerprint (SHA-384, start)"
+        "fingerprint (SHA-384, start)",
+        "origin (unit#id)"
     );
     for entry in &entries {
         let issued_at = u64::try_from(entry.issued_at)
             .map_or_else(|_| entry.issued_at.to_string(), display::utc);
+        let origin = entry
+            .origin
+            .as_ref()
+            .map_or_else(|| "local".to_owned(), |origin| origin.short());
         out!(
-            "{:>5}  {:<16}  {:<9}  {:<20}  {:<32}  {}",
+            "{:>5}  {:<16}  {:<9}  {:<20}  {:<32}  {:<24}  {}",
             entry.id,
             entry.serial,
             entry.status.as_str(),
             issued_at,
             entry.fingerprint.get(..32).unwrap_or(&entry.fingerprint),
+            origin,
             entry.reason.as_deref().unwrap_or(""),
         );
     }
@@ -973,6 +1012,52 @@ fn list_journal(personalizer: &Path, serial: Option<String>) -> anyhow::Result<(
         .filter(|entry| entry.status == IssuanceStatus::Installed)
         .count();
     out!("{} entries, {installed} installed", entries.len());
+    Ok(())
+}
+
+fn export_journal(personalizer: &Path, out: &Path) -> anyhow::Result<()> {
+    let unit = Personalizer::open(personalizer)
+        .with_context(|| format!("personalization unit {}", personalizer.display()))?;
+    let path = roles::journal_path(personalizer);
+    let journal = SqliteJournal::open_existing(&path)
+        .context("no issuance journal yet (nothing personalized)")?;
+    let count = journal.local_entries()?.len();
+    let bytes = transfer::export_journal(&journal, &unit)?;
+    let parsed = transfer::parse_export(&bytes)?;
+    keyfile::write_atomic(out, &bytes, keyfile::PUBLIC_FILE_MODE, Overwrite::Refuse)?;
+    out!(
+        "exported {count} entries of {} ({} bytes) to {}",
+        display::subject(&unit.cert_by_central),
+        bytes.len(),
+        out.display()
+    );
+    out!("chain hash: {}", display::hex(&parsed.final_hash));
+    Ok(())
+}
+
+fn import_journal(personalizer: &Path, input: &Path) -> anyhow::Result<()> {
+    let unit = Personalizer::open(personalizer)
+        .with_context(|| format!("personalization unit {}", personalizer.display()))?;
+    let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    // Everything is checked before the journal is opened for writing.
+    let export = transfer::verify_export(&bytes, &unit)
+        .with_context(|| format!("importing {}", input.display()))?;
+    let path = roles::journal_path(personalizer);
+    let mut journal = SqliteJournal::open(&path)?;
+    let report = journal
+        .import(&export)
+        .with_context(|| format!("importing {}", input.display()))?;
+    out!(
+        "imported {} from {} ({}): {} new, {} updated, {} already present",
+        input.display(),
+        export.origin_subject,
+        export.origin_unit.get(..16).unwrap_or(&export.origin_unit),
+        report.inserted,
+        report.updated,
+        report.unchanged
+    );
+    out!("chain hash: {}", report.export_hash);
+    out!("journal: {}", path.display());
     Ok(())
 }
 

@@ -24,9 +24,11 @@ use crate::HostError;
 
 #[cfg(test)]
 mod tests;
+pub mod transfer;
 
 /// Schema migrations; after applying `MIGRATIONS[i]` the schema version is `i + 1`.
-const MIGRATIONS: &[&str] = &["CREATE TABLE issuance (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE issuance (
         id          INTEGER PRIMARY KEY,
         serial      TEXT NOT NULL,
         fingerprint TEXT NOT NULL,
@@ -37,7 +39,26 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE issuance (
         issued_at   INTEGER NOT NULL,
         updated_at  INTEGER NOT NULL
     );
-    CREATE INDEX issuance_serial ON issuance (serial);"];
+    CREATE INDEX issuance_serial ON issuance (serial);",
+    // Version 2, the field station (claim 12): entries imported from another
+    // unit's signed export keep their origin (that unit's certificate
+    // fingerprint and its journal id) and the import that brought them; each
+    // export is recorded once by its final chain hash, so a second import of
+    // the same export is refused.
+    "CREATE TABLE import (
+        id             INTEGER PRIMARY KEY,
+        export_hash    TEXT NOT NULL UNIQUE,
+        origin_unit    TEXT NOT NULL,
+        origin_subject TEXT NOT NULL,
+        entries        INTEGER NOT NULL,
+        imported_at    INTEGER NOT NULL
+    );
+    ALTER TABLE issuance ADD COLUMN origin_unit TEXT;
+    ALTER TABLE issuance ADD COLUMN origin_id INTEGER;
+    ALTER TABLE issuance ADD COLUMN import_id INTEGER REFERENCES import (id);
+    CREATE UNIQUE INDEX issuance_origin ON issuance (origin_unit, origin_id)
+        WHERE origin_unit IS NOT NULL;",
+];
 
 /// The schema version this tool writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -101,6 +122,19 @@ pub struct JournalEntry {
     pub issued_at: i64,
     /// When its status last changed (seconds since the Unix epoch).
     pub updated_at: i64,
+    /// Where the entry came from: `None` for a certificate this unit issued,
+    /// the issuing unit for an entry imported from a field unit's export.
+    pub origin: Option<EntryOrigin>,
+}
+
+/// The unit that issued an imported entry (claim 12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryOrigin {
+    /// SHA-384 fingerprint (lowercase hex) of the issuing unit's certificate
+    /// from the central system.
+    pub unit: String,
+    /// The entry's id in the issuing unit's own journal.
+    pub id: i64,
 }
 
 impl JournalEntry {
@@ -286,6 +320,16 @@ impl SqliteJournal {
         self.query(None)
     }
 
+    /// The entries this unit issued itself (not imported), oldest first:
+    /// what a journal export carries.
+    pub fn local_entries(&self) -> Result<Vec<JournalEntry>, HostError> {
+        Ok(self
+            .query(None)?
+            .into_iter()
+            .filter(|entry| entry.origin.is_none())
+            .collect())
+    }
+
     /// The entries of one module serial, oldest first.
     pub fn entries_for(&self, serial: &str) -> Result<Vec<JournalEntry>, HostError> {
         self.query(Some(serial))
@@ -296,7 +340,8 @@ impl SqliteJournal {
         let mut statement = self
             .conn
             .prepare(
-                "SELECT id, serial, fingerprint, certificate, nonce, status, reason, issued_at, updated_at
+                "SELECT id, serial, fingerprint, certificate, nonce, status, reason, issued_at, updated_at,
+                        origin_unit, origin_id
                  FROM issuance WHERE ?1 IS NULL OR serial = ?1 ORDER BY id",
             )
             .map_err(sqlite(path, "cannot query entries"))?;
@@ -313,14 +358,28 @@ impl SqliteJournal {
                         reason: row.get(6)?,
                         issued_at: row.get(7)?,
                         updated_at: row.get(8)?,
+                        origin: None,
                     },
                     row.get::<_, String>(5)?,
+                    row.get::<_, Option<String>>(9)?,
+                    row.get::<_, Option<i64>>(10)?,
                 ))
             })
             .map_err(sqlite(path, "cannot query entries"))?;
         let mut entries = Vec::new();
         for row in rows {
-            let (mut entry, status) = row.map_err(sqlite(path, "cannot read an entry"))?;
+            let (mut entry, status, origin_unit, origin_id) =
+                row.map_err(sqlite(path, "cannot read an entry"))?;
+            entry.origin = match (origin_unit, origin_id) {
+                (None, None) => None,
+                (Some(unit), Some(id)) => Some(EntryOrigin { unit, id }),
+                _ => {
+                    return Err(HostError::JournalCorrupt {
+                        id: entry.id,
+                        what: "origin unit without origin id, or the reverse",
+                    });
+                }
+            };
             entry.status = IssuanceStatus::parse(&status).ok_or(HostError::JournalCorrupt {
                 id: entry.id,
                 what: "unknown status",
@@ -349,11 +408,14 @@ fn boxed(err: HostError) -> JournalError {
     JournalError(Box::new(err))
 }
 
-fn sqlite(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> HostError + use<> {
+pub(crate) fn sqlite(
+    path: &Path,
+    op: &'static str,
+) -> impl FnOnce(rusqlite::Error) -> HostError + use<> {
     let path = path.to_path_buf();
     move |source| HostError::Sqlite { path, op, source }
 }
 
-fn now_i64() -> i64 {
+pub(crate) fn now_i64() -> i64 {
     i64::try_from(unix_now()).unwrap_or(i64::MAX)
 }

@@ -173,3 +173,28 @@ fn the_check_constraint_guards_status() {
         .execute("UPDATE issuance SET status = 'lost' WHERE id = ?1", [id]);
     assert!(result.is_err());
 }
+
+#[test]
+fn a_version_1_journal_migrates_and_keeps_its_rows_as_local() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("journal.sqlite");
+    {
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(MIGRATIONS[0]).expect("version 1 schema");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        conn.execute(
+            "INSERT INTO issuance (serial, fingerprint, certificate, nonce, status, reason, issued_at, updated_at)
+             VALUES ('0123456789abcdef', 'ff', x'30', x'01', 'installed', NULL, 1, 2)",
+            [],
+        )
+        .expect("a version 1 row");
+    }
+    let journal = SqliteJournal::open(&path).expect("migrates");
+    assert_eq!(journal.schema_version().expect("version"), SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 2);
+    let entries = journal.entries().expect("entries");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].origin, None);
+    assert_eq!(journal.local_entries().expect("local").len(), 1);
+}
