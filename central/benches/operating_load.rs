@@ -53,7 +53,6 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-
 #[derive(Default)]
 struct Samples {
     setups: Vec<Duration>,

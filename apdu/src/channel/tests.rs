@@ -962,7 +962,10 @@ impl OperatingVector {
     /// (central's keys, module's keys), each computed from its own secrets.
     fn keys(&self) -> (SessionKeys, SessionKeys) {
         let th = self.th();
-        let central_ee = ecdh(&self.central_secret, &parse_point(&self.module_point).unwrap());
+        let central_ee = ecdh(
+            &self.central_secret,
+            &parse_point(&self.module_point).unwrap(),
+        );
         let central_se = ecdh(
             &self.central_secret,
             &parse_point(&self.module_key_point).unwrap(),
@@ -991,7 +994,11 @@ fn key_set_plain() -> Vec<u8> {
     let mut inner = Vec::new();
     tlv::write(&mut inner, tag::KEY_SET_ID, &TX_KEY_SET_ID);
     tlv::write(&mut inner, tag::KEY_SET_KEY, &TX_KEY_SET_KEY);
-    tlv::write(&mut inner, tag::KEY_SET_EXPIRES, &TX_KEY_SET_EXPIRES.to_be_bytes());
+    tlv::write(
+        &mut inner,
+        tag::KEY_SET_EXPIRES,
+        &TX_KEY_SET_EXPIRES.to_be_bytes(),
+    );
     tlv::encode(tag::KEY_SET, &inner)
 }
 
@@ -1000,8 +1007,14 @@ fn print_new_vectors() {
     let v = OperatingVector::new();
     let th = v.th();
     std::println!("OP central secret {}", hex(&v.central_secret.to_bytes()));
-    std::println!("OP module eph secret {}", hex(&v.module_ephemeral_secret.to_bytes()));
-    std::println!("OP module key secret {}", hex(&v.module_key_secret.to_bytes()));
+    std::println!(
+        "OP module eph secret {}",
+        hex(&v.module_ephemeral_secret.to_bytes())
+    );
+    std::println!(
+        "OP module key secret {}",
+        hex(&v.module_key_secret.to_bytes())
+    );
     std::println!("OP central point {}", hex(&v.central_point));
     std::println!("OP module point {}", hex(&v.module_point));
     std::println!("OP module key point {}", hex(&v.module_key_point));
@@ -1010,7 +1023,10 @@ fn print_new_vectors() {
     std::println!("OP uch {}", hex(&v.unit_cert_hash));
     std::println!("OP TH {}", hex(&th));
     let zee = ecdh(&v.central_secret, &parse_point(&v.module_point).unwrap());
-    let zse = ecdh(&v.central_secret, &parse_point(&v.module_key_point).unwrap());
+    let zse = ecdh(
+        &v.central_secret,
+        &parse_point(&v.module_key_point).unwrap(),
+    );
     std::println!("OP Zee {}", hex(&zee[..]));
     std::println!("OP Zse {}", hex(&zse[..]));
     let (c, m) = v.keys();
@@ -1018,13 +1034,27 @@ fn print_new_vectors() {
     std::println!("OP rsp {}", hex(&c.response_key));
     std::println!("OP kc {}", hex(&c.unit_confirmation_key));
     std::println!("OP km {}", hex(&c.module_confirmation_key));
-    std::println!("OP conf central {}", hex(&c.confirmation(Role::Central, &th).unwrap()));
-    std::println!("OP conf module {}", hex(&m.confirmation(Role::Module, &th).unwrap()));
-    std::println!("OP signed digest {}", hex(&signed_digest(Role::Central, &th)));
+    std::println!(
+        "OP conf central {}",
+        hex(&c.confirmation(Role::Central, &th).unwrap())
+    );
+    std::println!(
+        "OP conf module {}",
+        hex(&m.confirmation(Role::Module, &th).unwrap())
+    );
+    std::println!(
+        "OP signed digest {}",
+        hex(&signed_digest(Role::Central, &th))
+    );
     let mut sm = c.into_secure_messaging();
     std::println!("OP keyset plain {}", hex(&key_set_plain()));
-    std::println!("OP sealed put {}", hex(&sm.seal_command(KEY_SET_HEADER, &key_set_plain()).unwrap()));
+    std::println!(
+        "OP sealed put {}",
+        hex(&sm.seal_command(KEY_SET_HEADER, &key_set_plain()).unwrap())
+    );
     let mut msm = m.into_secure_messaging();
     let _ = msm.open_command(KEY_SET_HEADER, &sm_dummy()).ok();
 }
-fn sm_dummy() -> Vec<u8> { Vec::new() }
+fn sm_dummy() -> Vec<u8> {
+    Vec::new()
+}
