@@ -908,7 +908,6 @@ fn secure_messaging_decoders_never_panic() {
 // primitives (SHA-384, HKDF-SHA384, HMAC-SHA384, AES-256-GCM, P-384 ECDH) without this
 // module's types.
 
-
 /// Every input of the operating vector, fixed.
 struct OperatingVector {
     central_secret: NonZeroScalar,
