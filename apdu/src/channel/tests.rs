@@ -1056,3 +1056,23 @@ fn print_new_vectors() {
 fn sm_dummy() -> Vec<u8> {
     Vec::new()
 }
+
+/// The TAN test vector of docs/protocol.md, section 14 (computed independently
+/// with Python's hmac/hashlib: HKDF by hand).
+#[test]
+fn tan_verifier_and_proof_match_the_documented_vector() {
+    let verifier = tan_verifier(&[7u8; 32], b"4711081512");
+    assert_eq!(
+        hex(&verifier[..]),
+        "6a7cbd3661d598712a649ee9746f078b20b0dc058f1803915d91a40d91f3678ab8729c9661260d32e1f0504f99825af6"
+    );
+    let th = [3u8; 48];
+    let proof = tan_proof(&verifier, &th).unwrap();
+    assert_eq!(
+        hex(&proof),
+        "d4cb89b3970d9d868389494548e9ce020311a5a15bf4e4d8a8658688b0d1a3c6dbae62575d8ccde88cb3cf1dd6d9e9d3"
+    );
+    assert!(tan_proof_matches(&verifier, &th, &proof));
+    assert!(!tan_proof_matches(&verifier, &[4u8; 48], &proof));
+    assert!(!tan_proof_matches(&verifier, &th, &proof[..47]));
+}
