@@ -371,3 +371,93 @@ fn the_module_keeps_the_tan_only_until_reset_or_its_one_proof() {
     let response = link.send([0x00, 0x88, 0x00, 0x82], &data).unwrap();
     assert_ne!(response.sw, sw::OK);
 }
+
+/// A key memory whose commits fail while `failing` is set.
+struct FailingCommits {
+    inner: imprint_apdu::keymem::memory::MemoryKeyMemory,
+    failing: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl imprint_apdu::keymem::KeyMemory for FailingCommits {
+    fn load(
+        &mut self,
+    ) -> Result<imprint_apdu::keymem::Records, imprint_apdu::keymem::KeyMemoryError> {
+        self.inner.load()
+    }
+    fn commit(
+        &mut self,
+        records: &imprint_apdu::keymem::Records,
+    ) -> Result<(), imprint_apdu::keymem::KeyMemoryError> {
+        if self.failing.get() {
+            return Err(imprint_apdu::keymem::KeyMemoryError::Io);
+        }
+        self.inner.commit(records)
+    }
+    fn generate(
+        &mut self,
+        slot: imprint_apdu::keymem::KeySlot,
+        variation: &[u8],
+    ) -> Result<p384::PublicKey, imprint_apdu::keymem::KeyMemoryError> {
+        self.inner.generate(slot, variation)
+    }
+    fn erase(
+        &mut self,
+        slot: imprint_apdu::keymem::KeySlot,
+    ) -> Result<(), imprint_apdu::keymem::KeyMemoryError> {
+        self.inner.erase(slot)
+    }
+    fn public_key(
+        &mut self,
+        slot: imprint_apdu::keymem::KeySlot,
+    ) -> Result<Option<p384::PublicKey>, imprint_apdu::keymem::KeyMemoryError> {
+        self.inner.public_key(slot)
+    }
+    fn sign_digest(
+        &mut self,
+        slot: imprint_apdu::keymem::KeySlot,
+        digest: &[u8; 48],
+    ) -> Result<p384::ecdsa::Signature, imprint_apdu::keymem::KeyMemoryError> {
+        self.inner.sign_digest(slot, digest)
+    }
+    fn agree(
+        &mut self,
+        slot: imprint_apdu::keymem::KeySlot,
+        peer: &p384::PublicKey,
+    ) -> Result<Zeroizing<[u8; 48]>, imprint_apdu::keymem::KeyMemoryError> {
+        self.inner.agree(slot, peer)
+    }
+    fn random(&mut self, out: &mut [u8]) -> Result<(), imprint_apdu::keymem::KeyMemoryError> {
+        self.inner.random(out)
+    }
+}
+
+#[test]
+fn no_tan_proof_without_the_counter_committed_first() {
+    let pki = Pki::new();
+    let failing = std::rc::Rc::new(std::cell::Cell::new(false));
+    let memory = FailingCommits {
+        inner: imprint_apdu::keymem::memory::MemoryKeyMemory::new(random_seed()),
+        failing: failing.clone(),
+    };
+    let mut link = CardLink::new(InProcessTransport::new(
+        imprint_apdu::applet::Applet::new(memory).unwrap(),
+    ));
+    manufactured(&mut link, &pki);
+    let mut channel = OpenChannel::open(&mut link, &pki.unit).expect("channel");
+    assert_eq!(
+        link.send([0x00, 0x20, 0x00, 0x82], b"1234567890")
+            .unwrap()
+            .sw,
+        sw::OK
+    );
+    failing.set(true);
+    let data = tlv::encode(tag::DYN_AUTH, &tlv::encode(tag::TAN_SALT, &[1u8; 32]));
+    let (out, inner) = channel
+        .send(&mut link, [0x0C, 0x88, 0x00, 0x82], &data)
+        .unwrap();
+    assert_eq!(inner, sw::MEMORY_FAILURE);
+    assert!(out.is_empty(), "no proof without a committed counter");
+    let applet = link.transport_mut().applet();
+    assert_eq!(applet.records().tan_proofs, 0);
+    assert!(!applet.holds_tan(), "the TAN is gone all the same");
+}
