@@ -1272,18 +1272,16 @@ impl<K: KeyMemory> Applet<K> {
     }
 }
 
+/// An ephemeral secret, its uncompressed point and a challenge.
+type Ephemeral = (
+    zeroize::Zeroizing<p384::NonZeroScalar>,
+    Vec<u8>,
+    [u8; len::CHALLENGE],
+);
+
 /// A fresh ephemeral key pair and challenge from the key memory's
 /// randomness, for the module's side of a handshake.
-fn fresh_ephemeral<K: KeyMemory>(
-    memory: &mut K,
-) -> Result<
-    (
-        zeroize::Zeroizing<p384::NonZeroScalar>,
-        Vec<u8>,
-        [u8; len::CHALLENGE],
-    ),
-    Sw,
-> {
+fn fresh_ephemeral<K: KeyMemory>(memory: &mut K) -> Result<Ephemeral, Sw> {
     let mut randomness = zeroize::Zeroizing::new([0u8; 48]);
     memory.random(&mut randomness[..])?;
     let secret = zeroize::Zeroizing::new(
