@@ -18,8 +18,9 @@
 //! ```
 //!
 //! Volatile state (the open channel, a pending chain, pending response bytes,
-//! the PIN-verified flag) is dropped by [`Applet::reset`], as a card reset or
-//! power loss would.
+//! the PIN-verified flag, a TAN entered for claim 13) is dropped by
+//! [`Applet::reset`], as a card reset or power loss would. The TAN proof
+//! counter is persistent, in the records.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
