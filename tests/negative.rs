@@ -326,9 +326,41 @@ fn every_plain_command_in_every_wrong_state_gets_its_status_word() {
         // OPERATING without a PIN: nothing to verify; bad parameters and lengths.
         ("operating", verify, b"1234".to_vec(), sw::DATA_NOT_FOUND),
         ("operating", verify, vec![], sw::DATA_NOT_FOUND),
+        // P2 82 is the TAN (claim 13): held in any state after manufacture,
+        // refused before; P2 83 names nothing.
         (
             "operating",
             [0x00, 0x20, 0x00, 0x82],
+            b"1234".to_vec(),
+            sw::OK,
+        ),
+        (
+            "operating",
+            [0x00, 0x20, 0x00, 0x82],
+            b"123".to_vec(),
+            sw::WRONG_LENGTH,
+        ),
+        (
+            "operating",
+            [0x00, 0x20, 0x01, 0x82],
+            b"1234".to_vec(),
+            sw::WRONG_P1P2,
+        ),
+        (
+            "personalization",
+            [0x00, 0x20, 0x00, 0x82],
+            vec![],
+            sw::DATA_NOT_FOUND,
+        ),
+        (
+            "identity-only",
+            [0x00, 0x20, 0x00, 0x82],
+            b"1234".to_vec(),
+            sw::CONDITIONS,
+        ),
+        (
+            "operating",
+            [0x00, 0x20, 0x00, 0x83],
             b"1234".to_vec(),
             sw::WRONG_P1P2,
         ),
@@ -344,11 +376,13 @@ fn every_plain_command_in_every_wrong_state_gets_its_status_word() {
             digest.clone(),
             sw::WRONG_P1P2,
         ),
+        // 80 86 is PSO: DECIPHER (a transaction receipt, claim 11): without
+        // a transaction session it is a security-status refusal.
         (
             "operating",
             [0x00, 0x2A, 0x80, 0x86],
             digest.clone(),
-            sw::WRONG_P1P2,
+            sw::SECURITY_STATUS,
         ),
         ("operating", sign, vec![0; 65], sw::WRONG_LENGTH),
         ("operating", sign, vec![], sw::WRONG_LENGTH),
