@@ -89,6 +89,11 @@ fn claim10_same_module_randomness_different_variation_gives_different_keys() {
 }
 
 #[test]
+fn claim13_tan_entered_at_the_module_protects_the_personalization() {
+    claim13(&mut InProcessHarness::default());
+}
+
+#[test]
 fn claim19_security_module_keeps_private_keys_in_its_key_memory() {
     claim19(&mut InProcessHarness::default());
 }

@@ -327,9 +327,41 @@ fn every_plain_command_in_every_wrong_state_gets_its_status_word() {
         // OPERATING without a PIN: nothing to verify; bad parameters and lengths.
         ("operating", verify, b"1234".to_vec(), sw::DATA_NOT_FOUND),
         ("operating", verify, vec![], sw::DATA_NOT_FOUND),
+        // P2 82 is the TAN (claim 13): held in any state after manufacture,
+        // refused before; P2 83 names nothing.
         (
             "operating",
             [0x00, 0x20, 0x00, 0x82],
+            b"1234".to_vec(),
+            sw::OK,
+        ),
+        (
+            "operating",
+            [0x00, 0x20, 0x00, 0x82],
+            b"123".to_vec(),
+            sw::WRONG_LENGTH,
+        ),
+        (
+            "operating",
+            [0x00, 0x20, 0x01, 0x82],
+            b"1234".to_vec(),
+            sw::WRONG_P1P2,
+        ),
+        (
+            "personalization",
+            [0x00, 0x20, 0x00, 0x82],
+            vec![],
+            sw::DATA_NOT_FOUND,
+        ),
+        (
+            "identity-only",
+            [0x00, 0x20, 0x00, 0x82],
+            b"1234".to_vec(),
+            sw::CONDITIONS,
+        ),
+        (
+            "operating",
+            [0x00, 0x20, 0x00, 0x83],
             b"1234".to_vec(),
             sw::WRONG_P1P2,
         ),
@@ -345,11 +377,13 @@ fn every_plain_command_in_every_wrong_state_gets_its_status_word() {
             digest.clone(),
             sw::WRONG_P1P2,
         ),
+        // 80 86 is PSO: DECIPHER (a transaction receipt, claim 11): without
+        // a transaction session it is a security-status refusal.
         (
             "operating",
             [0x00, 0x2A, 0x80, 0x80],
             digest.clone(),
-            sw::WRONG_P1P2,
+            sw::SECURITY_STATUS,
         ),
         // Transaction sessions: ENCIPHER and DECIPHER need an open session,
         // INTERNAL AUTHENTICATE an OPERATING module with a key set.

@@ -25,8 +25,12 @@ pub mod sw {
     /// Security status not satisfied (a certificate failed verification, no
     /// channel, or the PIN is not verified).
     pub const SECURITY_STATUS: u16 = 0x6982;
-    /// Authentication method blocked: the PIN's retry counter is 0.
+    /// Authentication method blocked: the PIN's retry counter is 0, or the
+    /// module gave its [`crate::proto::TAN_PROOF_LIMIT`] TAN proofs since the
+    /// last completed personalization.
     pub const PIN_BLOCKED: u16 = 0x6983;
+    /// The same status word under the name the TAN commands use.
+    pub const AUTH_METHOD_BLOCKED: u16 = PIN_BLOCKED;
     /// Conditions of use not satisfied (command not allowed in this lifecycle state).
     pub const CONDITIONS: u16 = 0x6985;
     /// Secure messaging data objects incorrect: the channel is closed.

@@ -68,6 +68,11 @@ pub const P1_VERIFY: u8 = 0x00;
 pub const P1_VERIFY_RESET: u8 = 0xFF;
 /// P2 of VERIFY: specific reference data number 1, the user PIN.
 pub const PIN_REF_USER: u8 = 0x81;
+/// P2 of VERIFY and of INTERNAL AUTHENTICATE: specific reference data number
+/// 2, the one-off transaction number (TAN) of claim 13. VERIFY hands the TAN
+/// to the module over the local interface; INTERNAL AUTHENTICATE, inside the
+/// personalization channel, asks for the module's proof of it.
+pub const TAN_REF: u8 = 0x82;
 /// P1-P2 of PERFORM SECURITY OPERATION: COMPUTE DIGITAL SIGNATURE, the
 /// response is the signature (`9E`) and the data field the input to sign (`9A`).
 pub const PSO_CDS: u16 = 0x9E9A;
@@ -86,6 +91,12 @@ pub const RECEIPT_MAX: usize = 4096;
 /// How many wrong PIN presentations in a row block the PIN. A successful
 /// VERIFY resets the counter to this value; nothing else raises it.
 pub const PIN_TRY_LIMIT: u8 = 3;
+
+/// How many TAN proofs the module gives between two completed
+/// personalizations. The counter is persistent and committed before each
+/// proof is computed; at the limit INTERNAL AUTHENTICATE for the TAN answers
+/// `6983` until a personalization completes (PUT DATA of the bundle).
+pub const TAN_PROOF_LIMIT: u8 = 5;
 
 /// Data-object tags.
 pub mod tag {
@@ -110,6 +121,12 @@ pub mod tag {
     pub const AUTH_KEY_SET_ID: u32 = 0x86;
     /// Inside `7C`: the transaction session counter (4 bytes, big-endian).
     pub const AUTH_SESSION_COUNTER: u32 = 0x87;
+    /// Inside `7C` of the TAN proof command: the unit's TAN salt (32 bytes),
+    /// in the ISO 7816-4 "challenge" position.
+    pub const TAN_SALT: u32 = 0x81;
+    /// Inside `7C` of the TAN proof response: the proof (48 bytes), in the
+    /// ISO 7816-4 "response" position.
+    pub const TAN_PROOF: u32 = 0x82;
 
     /// The transaction key set (claim 11), in PUT DATA on the operating channel.
     pub const KEY_SET: u32 = 0xDF28;
@@ -191,6 +208,14 @@ pub mod len {
     pub const PIN_MIN: usize = 4;
     /// Longest user PIN.
     pub const PIN_MAX: usize = 16;
+    /// Shortest TAN the module accepts (bytes).
+    pub const TAN_MIN: usize = 4;
+    /// Longest TAN the module accepts (bytes).
+    pub const TAN_MAX: usize = 16;
+    /// The unit's TAN salt.
+    pub const TAN_SALT: usize = 32;
+    /// A TAN proof (HMAC-SHA384).
+    pub const TAN_PROOF: usize = 48;
     /// Longest digest COMPUTE DIGITAL SIGNATURE accepts (SHA-512).
     pub const DIGEST_MAX: usize = 64;
     /// The length of the digest value the module key signs: the byte length of

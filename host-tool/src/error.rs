@@ -198,6 +198,10 @@ pub enum HostError {
         /// Its current status.
         status: String,
     },
+    /// The TAN the module proved was consumed, expired or locked between
+    /// its check and the issuance record: nothing was recorded or sent.
+    #[error("TAN {0} is no longer open (used, expired or locked meanwhile); nothing was issued")]
+    TanNoLongerOpen(i64),
     /// A journal row holds a value this tool does not know.
     #[error("issuance journal entry {id} is corrupt: {what}")]
     JournalCorrupt {

@@ -26,6 +26,7 @@
 //! - [`bench`](mod@bench): P-384 signature rates against `openssl speed`.
 //! - [`pcsc`]: cards in PC/SC readers (the transport, reader listing and watching).
 //! - [`station`]: station mode, personalizing cards on several readers at once.
+//! - [`tan_prompt`]: reading a TAN at the terminal without echo (claim 13).
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,7 @@ pub mod module;
 pub mod pcsc;
 pub mod roles;
 pub mod station;
+pub mod tan_prompt;
 
 pub use error::HostError;
 

@@ -128,6 +128,11 @@ enum Command {
     /// The personalization unit's issuance journal.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// One-off transaction numbers (claim 13): issue them to users, list
+    /// them, unlock a module serial locked by failed tries. The unit keeps
+    /// only salted verifiers, never a TAN.
+    #[command(subcommand)]
+    Tan(TanCommand),
     /// List the PC/SC readers: one line each with whether a card is in it
     /// and, for a card with the Imprint applet, its serial and lifecycle.
     /// Cards are reached in shared mode and not reset: a SELECT of the
@@ -462,6 +467,166 @@ struct PersonalizeArgs {
     /// Without it the module has no PIN.
     #[arg(long, value_name = "FILE")]
     pin_file: Option<PathBuf>,
+    /// Prove a TAN (claim 13): the TAN is asked for on the terminal without
+    /// echo (or read as one line from stdin when it is not a terminal), sent
+    /// to the module over the local interface only, and proved by the module
+    /// inside the secure channel before any key is generated.
+    #[arg(long, conflicts_with = "tan_file")]
+    tan: bool,
+    /// Like --tan, with the TAN read from FILE (one trailing newline ignored).
+    #[arg(long, value_name = "FILE")]
+    tan_file: Option<PathBuf>,
+    /// The unit's policy: refuse to personalize without a TAN.
+    #[arg(long, env = "IMPRINT_REQUIRE_TAN")]
+    require_tan: bool,
+}
+
+#[derive(Subcommand)]
+enum TanCommand {
+    /// Issue TANs: prints each id and TAN once. Give each TAN to the user who
+    /// will present the module; it is valid for one personalization.
+    Issue {
+        /// The personalization unit's directory.
+        #[arg(long)]
+        personalizer: PathBuf,
+        /// Bind the TANs to this module serial (16 hex digits). Unbound TANs
+        /// authorize any module of this unit.
+        #[arg(long, value_name = "SERIAL")]
+        module: Option<String>,
+        /// Lifetime: a number with s, m, h or d (seconds, minutes, hours, days).
+        #[arg(long, default_value = "7d", value_parser = parse_lifetime)]
+        expires: u64,
+        /// How many TANs.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+    },
+    /// List the TANs: id, binding, expiry, state and failures (never a TAN).
+    List {
+        /// The personalization unit's directory.
+        #[arg(long)]
+        personalizer: PathBuf,
+    },
+    /// Clear a module serial's TAN failure counter (it locks after
+    /// failed proofs).
+    Unlock {
+        /// The personalization unit's directory.
+        #[arg(long)]
+        personalizer: PathBuf,
+        /// The module serial.
+        #[arg(long, value_name = "SERIAL")]
+        module: String,
+    },
+}
+
+/// `7d`, `12h`, `30m`, `45s` → seconds.
+fn parse_lifetime(text: &str) -> Result<u64, String> {
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: expected a number with s, m, h or d")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with s, m, h or d"))?;
+    number
+        .checked_mul(scale)
+        .filter(|seconds| *seconds <= 10 * 365 * 86_400)
+        .ok_or_else(|| format!("{text:?}: at most ten years"))
+}
+
+/// A module serial as the journal writes it: 16 lowercase hex digits.
+fn parse_serial(text: &str) -> anyhow::Result<String> {
+    let serial = text.to_ascii_lowercase();
+    if serial.len() != 16 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("module serial {text:?} is not 16 hex digits");
+    }
+    Ok(serial)
+}
+
+fn run_tan(command: TanCommand) -> anyhow::Result<()> {
+    match command {
+        TanCommand::Issue {
+            personalizer,
+            module,
+            expires,
+            count,
+        } => {
+            let serial = module.as_deref().map(parse_serial).transpose()?;
+            // The unit must exist: TANs belong to one unit's journal.
+            open_unit(&personalizer)?;
+            let mut journal = SqliteJournal::open(&roles::journal_path(&personalizer))?;
+            let expires_at = imprint_apdu::host::personalize::unix_now().saturating_add(expires);
+            let tans = journal.issue_tans(count, serial.as_deref(), expires_at)?;
+            out!(
+                "{} TAN(s), for {}, valid until {}; shown once, the unit keeps only verifiers:",
+                tans.len(),
+                serial.as_deref().unwrap_or("any module"),
+                display::utc(expires_at)
+            );
+            for (id, tan) in &tans {
+                out!("TAN {id}: {}", tan.as_str());
+            }
+        }
+        TanCommand::List { personalizer } => {
+            let journal = SqliteJournal::open_existing(&roles::journal_path(&personalizer))
+                .context("no journal yet (no TAN issued)")?;
+            let now =
+                i64::try_from(imprint_apdu::host::personalize::unix_now()).unwrap_or(i64::MAX);
+            out!(
+                "{:>5}  {:<16}  {:<20}  {:<7}  {:>8}  issuance",
+                "id",
+                "module",
+                "expires",
+                "state",
+                "failures"
+            );
+            let tans = journal.tans()?;
+            for tan in &tans {
+                let expires = u64::try_from(tan.expires_at)
+                    .map_or_else(|_| tan.expires_at.to_string(), display::utc);
+                out!(
+                    "{:>5}  {:<16}  {:<20}  {:<7}  {:>8}  {}",
+                    tan.id,
+                    tan.serial.as_deref().unwrap_or("any"),
+                    expires,
+                    tan.state(now),
+                    tan.failures,
+                    tan.issuance_id.map(|id| id.to_string()).unwrap_or_default()
+                );
+            }
+            out!("{} TANs", tans.len());
+        }
+        TanCommand::Unlock {
+            personalizer,
+            module,
+        } => {
+            let serial = parse_serial(&module)?;
+            let mut journal = SqliteJournal::open_existing(&roles::journal_path(&personalizer))
+                .context("no journal yet (no TAN issued)")?;
+            let failures = journal.unlock_serial(&serial)?;
+            out!("module {serial}: {failures} failed TAN tries cleared");
+        }
+    }
+    Ok(())
+}
+
+/// The TAN for `imprint personalize`: from FILE, from the terminal without
+/// echo, or one line of stdin.
+fn read_tan(args: &PersonalizeArgs) -> anyhow::Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    if let Some(path) = &args.tan_file {
+        let tan = imprint_pkcs11::softhsm::read_pin_file(path)
+            .with_context(|| format!("reading the TAN file {}", path.display()))?;
+        return Ok(Some(zeroize::Zeroizing::new(tan.to_vec())));
+    }
+    if !args.tan {
+        return Ok(None);
+    }
+    let line = imprint_host::tan_prompt::read_secret_line("TAN: ").context("reading the TAN")?;
+    Ok(Some(line))
 }
 
 #[derive(Subcommand)]
@@ -647,6 +812,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             personalizer,
             input,
         }) => import_journal(&personalizer, &input),
+        Command::Tan(command) => run_tan(command),
         Command::Readers => list_readers(),
         Command::Station(args) => run_station(args),
         Command::Bench(command) => run_bench(command),
@@ -865,6 +1031,7 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let tan = read_tan(&args)?;
     let unit = open_unit(&args.personalizer)?;
     let journal_path = roles::journal_path(&args.personalizer);
     let mut journal = SqliteJournal::open(&journal_path)?;
@@ -875,6 +1042,8 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
         validity_years: args.years,
         issuer: None,
         pin,
+        tan,
+        require_tan: args.require_tan,
     };
     let report = personalize(&mut link, &mut journal, &unit, options)
         .with_context(|| format!("personalizing {target}"))?;

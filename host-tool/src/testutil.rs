@@ -42,5 +42,6 @@ pub fn issued(serial: &str, nonce: u8) -> IssuedCertificate {
         serial: serial.to_owned(),
         certificate,
         nonce,
+        tan: None,
     }
 }

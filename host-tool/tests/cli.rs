@@ -450,6 +450,7 @@ fn help_documents_every_command() {
         "personalize",
         "module",
         "journal",
+        "tan",
         "bench",
     ] {
         assert!(help.contains(command), "{command} missing from:\n{help}");
@@ -458,4 +459,190 @@ fn help_documents_every_command() {
     for command in ["status", "reset", "export-chain"] {
         assert!(help.contains(command), "{command} missing from:\n{help}");
     }
+}
+
+/// The TANs `imprint tan issue` printed, in order.
+fn printed_tans(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|line| line.strip_prefix("TAN ")?.split_once(": "))
+        .map(|(_, tan)| tan.to_owned())
+        .collect()
+}
+
+/// Runs `imprint personalize` with `tan` on stdin (`--tan`, not a terminal).
+fn personalize_with_stdin_tan(dir: &Path, module: &str, tan: &str) -> Output {
+    use std::io::Write;
+    let mut child = imprint()
+        .args([
+            "personalize",
+            "--personalizer",
+            "P",
+            "--module",
+            module,
+            "--tan",
+            "--require-tan",
+        ])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{tan}\n").as_bytes())
+        .expect("write TAN");
+    child.wait_with_output().expect("wait")
+}
+
+/// Claim 13 through the binary: `tan issue`, `personalize --tan`/`--tan-file`,
+/// `--require-tan`, `tan list`, and every refusal leaving the journal as it was.
+#[test]
+fn tan_protected_personalization_through_the_cli() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    set_up_roles(dir);
+    let out = ok(
+        dir,
+        imprint().args([
+            "manufacturer",
+            "manufacture",
+            "--dir",
+            "M",
+            "--module",
+            "MOD",
+        ]),
+    );
+    let serial = out
+        .split_whitespace()
+        .nth(1)
+        .expect("serial in the manufacture output")
+        .to_owned();
+
+    // A unit that requires a TAN refuses without one.
+    let output = fails(
+        dir,
+        imprint().args([
+            "personalize",
+            "--personalizer",
+            "P",
+            "--module",
+            "MOD",
+            "--require-tan",
+        ]),
+    );
+    assert!(
+        text(&output.stderr).contains("requires a TAN"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let out = ok(
+        dir,
+        imprint().args(["tan", "issue", "--personalizer", "P", "--module", &serial]),
+    );
+    let tans = printed_tans(&out);
+    assert_eq!(tans.len(), 1, "{out}");
+    assert_eq!(tans[0].len(), 10);
+    assert!(tans[0].bytes().all(|b| b.is_ascii_digit()));
+    let journal = std::fs::read(dir.join("P/journal.sqlite")).expect("journal");
+    assert!(
+        !journal.windows(10).any(|w| w == tans[0].as_bytes()),
+        "the unit never stores a TAN"
+    );
+
+    // Wrong TAN typed at the host (stdin): refused, nothing issued.
+    let output = personalize_with_stdin_tan(dir, "MOD", "0000000000");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("TAN refused: the TAN is wrong"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    // The right TAN from a file: personalized with 7 APDUs.
+    std::fs::write(dir.join("tan.txt"), format!("{}\n", tans[0])).expect("tan file");
+    let out = ok(
+        dir,
+        imprint().args([
+            "personalize",
+            "--personalizer",
+            "P",
+            "--module",
+            "MOD",
+            "--tan-file",
+            "tan.txt",
+            "--require-tan",
+        ]),
+    );
+    assert!(out.contains("APDUs:      7"), "{out}");
+    assert!(out.contains("journal id: 1"), "{out}");
+
+    // Reused: refused, the journal keeps its one entry.
+    let output = personalize_with_stdin_tan(dir, "MOD", &tans[0]);
+    assert!(
+        text(&output.stderr).contains("already used"),
+        "{}",
+        text(&output.stderr)
+    );
+    // Expired and bound to another module: refused with what is wrong.
+    let out = ok(
+        dir,
+        imprint().args(["tan", "issue", "--personalizer", "P", "--expires", "0s"]),
+    );
+    let expired = printed_tans(&out).remove(0);
+    let output = personalize_with_stdin_tan(dir, "MOD", &expired);
+    assert!(
+        text(&output.stderr).contains("expired"),
+        "{}",
+        text(&output.stderr)
+    );
+    let out = ok(
+        dir,
+        imprint().args([
+            "tan",
+            "issue",
+            "--personalizer",
+            "P",
+            "--module",
+            "00112233445566FF",
+        ]),
+    );
+    let foreign = printed_tans(&out).remove(0);
+    let output = personalize_with_stdin_tan(dir, "MOD", &foreign);
+    assert!(
+        text(&output.stderr).contains("bound to module 00112233445566ff"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let list = ok(
+        dir,
+        imprint().args(["journal", "list", "--personalizer", "P"]),
+    );
+    assert!(list.contains("1 entries, 1 installed"), "{list}");
+    let list = ok(dir, imprint().args(["tan", "list", "--personalizer", "P"]));
+    assert!(list.contains("used"), "{list}");
+    assert!(list.contains("expired"), "{list}");
+    assert!(list.contains("open"), "{list}");
+    assert!(list.contains("3 TANs"), "{list}");
+    for tan in [&tans[0], &expired, &foreign] {
+        assert!(
+            !list.contains(tan.as_str()),
+            "tan list shows a TAN:\n{list}"
+        );
+    }
+
+    // Bad arguments are refused before anything happens.
+    fails(
+        dir,
+        imprint().args(["tan", "issue", "--personalizer", "P", "--module", "xyz"]),
+    );
+    let out = ok(
+        dir,
+        imprint().args(["tan", "unlock", "--personalizer", "P", "--module", &serial]),
+    );
+    assert!(out.contains("failed TAN tries cleared"), "{out}");
 }

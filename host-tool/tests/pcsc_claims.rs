@@ -22,6 +22,7 @@ over_pcscd! {
     claim08_identity_key_is_formed_once_certified_and_authenticates_the_module_over_pcscd => claims::claim08,
     claim09_module_nonce_is_signed_into_the_module_certificate_over_pcscd => claims::claim09,
     claim10_variation_value_enters_module_key_generation_over_pcscd => claims::claim10,
+    claim13_tan_entered_at_the_module_protects_the_personalization_over_pcscd => claims::claim13,
     claim19_security_module_keeps_private_keys_in_its_key_memory_over_pcscd => claims::claim19,
     claim20_personalization_unit_journals_before_sending_over_pcscd => claims::claim20,
 }

@@ -522,3 +522,115 @@ pub fn claim20<H: Harness>(harness: &mut H) {
     );
     assert_eq!(status(&mut link).info.lifecycle, Lifecycle::Personalization);
 }
+
+/// Claim 13: a one-off TAN entered at the module's input unit protects the
+/// personalization. The TAN goes to the module only over the local
+/// interface; the module proves it bound to this channel's transcript before
+/// any key is generated or erased; the unit consumes it with the issuance
+/// record. Without it, with a used one or a wrong one, nothing is issued and
+/// the module is untouched.
+pub fn claim13<H: Harness>(harness: &mut H) {
+    use imprint_apdu::host::tan::TanRefusal;
+    use zeroize::Zeroizing;
+
+    let pki = Pki::new();
+    let (link, dir) = harness.blank_module();
+    let mut link = CardLink::new(LoggingTransport::new(link.into_transport()));
+    let manufactured = manufacture_with(&mut link, &pki.manufacturer);
+    let mut journal = RecordingJournal::default();
+    let tan = "4711081512";
+    let tan_id = journal.issue_tan(tan, Some(&manufactured.serial), 3600);
+    let with_tan = |tan: &str| PersonalizationOptions {
+        tan: Some(Zeroizing::new(tan.as_bytes().to_vec())),
+        require_tan: true,
+        ..PersonalizationOptions::default()
+    };
+
+    // A unit that requires a TAN refuses to start without one: no APDU.
+    let before = link.apdu_count();
+    let err = personalize(
+        &mut link,
+        &mut journal,
+        &pki.unit,
+        PersonalizationOptions {
+            require_tan: true,
+            ..PersonalizationOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, PersonalizeError::TanRequired), "{err}");
+    assert_eq!(link.apdu_count(), before);
+
+    // The right TAN: personalized, the TAN consumed with the issuance record.
+    link.transport_mut().log.clear();
+    let report = personalize(&mut link, &mut journal, &pki.unit, with_tan(tan)).expect("with TAN");
+    assert_eq!(
+        report.commands, 7,
+        "SELECT, VERIFY (TAN), 2× AUTHENTICATE, INTERNAL AUTHENTICATE (TAN), GENERATE, PUT DATA"
+    );
+    assert!(journal.tan(tan_id).used, "TAN consumed");
+    assert_eq!(journal.entries.len(), 1);
+    assert_eq!(journal.entries[0].0.tan, Some(tan_id));
+    assert_eq!(journal.entries[0].1, EntryState::Installed);
+    // The TAN crossed once, in the plain local VERIFY 00 20 00 82, and in
+    // no other command; the proof came back under secure messaging only.
+    let carrying: Vec<_> = link
+        .transport_mut()
+        .log
+        .iter()
+        .filter(|(command, _)| command.windows(tan.len()).any(|w| w == tan.as_bytes()))
+        .map(|(command, _)| command[..4].to_vec())
+        .collect();
+    assert_eq!(carrying, vec![vec![0x00, 0x20, 0x00, 0x82]]);
+    let secured_tan_proof = link
+        .transport_mut()
+        .log
+        .iter()
+        .find(|(command, _)| command[..4] == [0x0C, 0x88, 0x00, 0x82])
+        .expect("TAN proof command");
+    assert_eq!(
+        &secured_tan_proof.1[secured_tan_proof.1.len() - 2..],
+        [0x90, 0x00]
+    );
+    assert_eq!(
+        secured_tan_proof.1[0], 0x85,
+        "the proof is a secure-messaging cryptogram"
+    );
+    let installed_key = module_key_in(&dir).expect("module key");
+    assert_eq!(installed_key, report.certificate.public_key_sec1());
+
+    // The same TAN again: refused by the unit before TERMINATE or GENERATE,
+    // so the module keeps its key and certificate; nothing issued.
+    let err = personalize(&mut link, &mut journal, &pki.unit, with_tan(tan)).unwrap_err();
+    assert!(
+        matches!(err, PersonalizeError::TanRefused(TanRefusal::Used(id)) if id == tan_id),
+        "{err}"
+    );
+    assert!(err.to_string().contains("already used"), "{err}");
+    // A wrong TAN: refused the same way.
+    let err = personalize(&mut link, &mut journal, &pki.unit, with_tan("0000000000")).unwrap_err();
+    assert!(
+        matches!(err, PersonalizeError::TanRefused(TanRefusal::Wrong)),
+        "{err}"
+    );
+    assert_eq!(
+        journal.entries.len(),
+        1,
+        "nothing issued without a valid TAN"
+    );
+    assert_eq!(module_key_in(&dir), Some(installed_key), "module untouched");
+    let mut link = CardLink::new(link.into_transport().inner);
+    let status = status(&mut link);
+    assert_eq!(status.info.lifecycle, Lifecycle::Operating);
+    assert_eq!(
+        status.module_cert.expect("module certificate").der(),
+        report.certificate.der()
+    );
+
+    // A fresh TAN bound to this module re-personalizes it.
+    let second = journal.issue_tan("1234567890", Some(&manufactured.serial), 3600);
+    let again = personalize(&mut link, &mut journal, &pki.unit, with_tan("1234567890"))
+        .expect("second TAN");
+    assert_eq!(again.commands, 8, "re-personalization adds TERMINATE");
+    assert!(journal.tan(second).used);
+}

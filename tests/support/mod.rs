@@ -10,9 +10,14 @@ pub mod operating;
 pub mod pcscd;
 
 use imprint_apdu::applet::Applet;
+use imprint_apdu::channel::{Digest48, tan_verifier};
 use imprint_apdu::host::manufacture::{ManufactureReport, manufacture};
+use imprint_apdu::host::personalize::unix_now;
 use imprint_apdu::host::personalize::{
     IssuanceJournal, IssuedCertificate, JournalError, ModuleCertificateIssuer,
+};
+use imprint_apdu::host::tan::{
+    Judgement, TAN_FAILURE_LIMIT, TAN_SALT_LEN, TanCheck, TanRow, judge,
 };
 use imprint_apdu::host::{
     CardLink, InProcessTransport, ManufacturerCredentials, PersonalizationOptions,
@@ -242,16 +247,118 @@ pub enum EntryState {
 
 /// A journal in memory that also notes how many APDUs had crossed when each
 /// certificate was recorded, so tests can prove "recorded before sent".
+///
+/// It is also a TAN store in memory (claim 13) applying the same policy as
+/// the unit's SQLite journal ([`imprint_apdu::host::tan::judge`]).
 #[derive(Default)]
 pub struct RecordingJournal {
     /// Entries in order.
     pub entries: Vec<(IssuedCertificate, EntryState)>,
+    /// The TANs issued into this journal (verifiers only).
+    pub tans: Vec<TanRow>,
+    /// Failed TAN proofs per module serial.
+    pub serial_failures: std::collections::HashMap<String, u32>,
+    /// The unit salt, once created.
+    pub tan_salt: Option<[u8; TAN_SALT_LEN]>,
+}
+
+/// Why the in-memory journal refused to record.
+#[derive(Debug, thiserror::Error)]
+#[error("TAN {0} is no longer open; nothing recorded")]
+pub struct TanNoLongerOpen(pub i64);
+
+impl RecordingJournal {
+    /// The unit salt, created on first use.
+    pub fn salt(&mut self) -> [u8; TAN_SALT_LEN] {
+        *self.tan_salt.get_or_insert_with(|| {
+            let mut salt = [0u8; TAN_SALT_LEN];
+            getrandom::fill(&mut salt).expect("OS random");
+            salt
+        })
+    }
+
+    /// Issues `tan` (the test chooses it), bound to `serial` if given,
+    /// valid for `lifetime` seconds from now. Returns its id.
+    pub fn issue_tan(&mut self, tan: &str, serial: Option<&str>, lifetime: u64) -> i64 {
+        let salt = self.salt();
+        let id = self.tans.len() as i64 + 1;
+        self.tans.push(TanRow {
+            id,
+            verifier: *tan_verifier(&salt, tan.as_bytes()),
+            serial: serial.map(str::to_string),
+            expires: unix_now() + lifetime,
+            used: false,
+            failures: 0,
+        });
+        id
+    }
+
+    /// The TAN with `id`.
+    pub fn tan(&self, id: i64) -> &TanRow {
+        &self.tans[id as usize - 1]
+    }
 }
 
 impl IssuanceJournal for RecordingJournal {
     fn record_issued(&mut self, issued: &IssuedCertificate) -> Result<i64, JournalError> {
+        // The TAN is consumed with the record, or nothing happens.
+        if let Some(id) = issued.tan {
+            let now = unix_now();
+            let row = self
+                .tans
+                .iter_mut()
+                .find(|row| row.id == id)
+                .ok_or(JournalError(Box::new(TanNoLongerOpen(id))))?;
+            let open = !row.used
+                && row.expires > now
+                && row.failures < TAN_FAILURE_LIMIT
+                && row
+                    .serial
+                    .as_deref()
+                    .is_none_or(|bound| bound == issued.serial);
+            if !open {
+                return Err(JournalError(Box::new(TanNoLongerOpen(id))));
+            }
+            row.used = true;
+            self.serial_failures.remove(&issued.serial);
+        }
         self.entries.push((issued.clone(), EntryState::Issued));
         Ok(self.entries.len() as i64)
+    }
+
+    fn tan_salt(&mut self) -> Result<Option<[u8; TAN_SALT_LEN]>, JournalError> {
+        Ok(Some(self.salt()))
+    }
+
+    fn check_tan(
+        &mut self,
+        serial: &str,
+        th: &Digest48,
+        proof: &[u8],
+    ) -> Result<TanCheck, JournalError> {
+        let failures = self.serial_failures.get(serial).copied().unwrap_or(0);
+        Ok(
+            match judge(&self.tans, failures, serial, th, proof, unix_now()) {
+                Judgement::Accepted(id) => TanCheck::Accepted(id),
+                Judgement::Refused {
+                    refusal,
+                    count_on,
+                    count_serial,
+                } => {
+                    for row in self
+                        .tans
+                        .iter_mut()
+                        .filter(|row| count_on.contains(&row.id))
+                    {
+                        row.failures += 1;
+                    }
+                    if count_serial {
+                        *self.serial_failures.entry(serial.to_string()).or_default() += 1;
+                    }
+                    TanCheck::Refused(refusal)
+                }
+            },
+        )
     }
 
     fn mark_installed(&mut self, id: i64) -> Result<(), JournalError> {

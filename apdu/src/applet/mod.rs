@@ -10,14 +10,17 @@
 //!                                                        ▲                                              │
 //!                                                        └──────────── TERMINATE (erases) ──────────────┘
 //!
+//!   PERSONALIZATION channel (claim 13): VERIFY (TAN, local, volatile) ──▶ INTERNAL AUTHENTICATE
+//!              (TAN proof bound to TH, counter committed first) ──▶ GENERATE ──▶ PUT DATA
 //!   OPERATING: VERIFY (user PIN, counter committed before the comparison) ──▶ PSO: COMPUTE DIGITAL SIGNATURE
 //!              operating channel (central system, claims 1, 4) ──PUT DATA(key set)──▶ key memory (claim 11)
 //!              transaction session (key set only) ──▶ PSO: ENCIPHER (message) / DECIPHER (receipt)
 //! ```
 //!
 //! Volatile state (the open channel, a pending chain, pending response bytes,
-//! the PIN-verified flag) is dropped by [`Applet::reset`], as a card reset or
-//! power loss would.
+//! the PIN-verified flag, a TAN entered for claim 13) is dropped by
+//! [`Applet::reset`], as a card reset or power loss would. The TAN proof
+//! counter is persistent, in the records.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -47,6 +50,9 @@ pub struct Applet<K: KeyMemory> {
     selected: bool,
     /// The user PIN was verified since the last reset, deselection or failed VERIFY.
     pin_verified: bool,
+    /// The TAN typed at the module's input unit (claim 13), held only in
+    /// volatile memory until its one proof, a reset or the next SELECT.
+    tan: Option<zeroize::Zeroizing<Vec<u8>>>,
     session: Session,
     chain: Option<Chain>,
     pending: Vec<u8>,
@@ -158,6 +164,7 @@ impl<K: KeyMemory> Applet<K> {
             serial,
             selected: false,
             pin_verified: false,
+            tan: None,
             session: Session::None,
             chain: None,
             pending: Vec::new(),
@@ -195,9 +202,15 @@ impl<K: KeyMemory> Applet<K> {
     pub fn reset(&mut self) {
         self.selected = false;
         self.pin_verified = false;
+        self.tan = None;
         self.session = Session::None;
         self.chain = None;
         self.pending.clear();
+    }
+
+    /// Whether a TAN is held in volatile memory now (tests check it is wiped).
+    pub fn holds_tan(&self) -> bool {
+        self.tan.is_some()
     }
 
     /// Processes one command APDU and returns the response APDU bytes.
@@ -385,6 +398,7 @@ impl<K: KeyMemory> Applet<K> {
             ins::PUT_DATA => self.install(p1, p2, plain),
             ins::TERMINATE => self.terminate(p1, p2, plain),
             ins::PSO => self.compute_signature(p1, p2, plain),
+            ins::INTERNAL_AUTHENTICATE => self.prove_tan(p1, p2, plain),
             _ => Err(Sw(sw::INS_NOT_SUPPORTED)),
         }
     }
@@ -393,8 +407,11 @@ impl<K: KeyMemory> Applet<K> {
         if cla != 0 {
             return Err(Sw(sw::SM_NOT_SUPPORTED));
         }
-        // Selecting anything (even ourselves again) ends the channel.
+        // Selecting anything (even ourselves again) ends the channel and
+        // forgets a TAN: it was entered for one personalization, right after
+        // the SELECT that starts it.
         self.session = Session::None;
+        self.tan = None;
         if p1 != 0x04 || (p2 & 0xF3) != 0x00 {
             return Err(Sw(sw::WRONG_P1P2));
         }
@@ -790,6 +807,9 @@ impl<K: KeyMemory> Applet<K> {
             .fold(watermark, u64::max);
         records.lifecycle = Lifecycle::Operating;
         records.personalizations = records.personalizations.saturating_add(1);
+        // A completed personalization is the one thing that re-opens the TAN
+        // proofs (claim 13).
+        records.tan_proofs = 0;
         self.pin_verified = false;
         self.commit(records)?;
         if let Session::Established(session) = &mut self.session {
@@ -833,6 +853,9 @@ impl<K: KeyMemory> Applet<K> {
     /// DESIGN §8a: the retry counter is decremented and committed before the
     /// PIN is compared; a commit that fails means no comparison.
     fn verify(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if p2 == proto::TAN_REF {
+            return self.enter_tan(p1, data);
+        }
         if !matches!(p1, proto::P1_VERIFY | proto::P1_VERIFY_RESET) || p2 != proto::PIN_REF_USER {
             return Err(Sw(sw::WRONG_P1P2));
         }
@@ -885,6 +908,73 @@ impl<K: KeyMemory> Applet<K> {
         self.commit(records)?;
         self.pin_verified = true;
         Ok(Vec::new())
+    }
+
+    /// VERIFY of the TAN (`00 20 00 82`, claim 13): the TAN typed at the
+    /// module's input unit, held in volatile memory only. The module cannot
+    /// check it (it never learns the TAN's verifier); it proves it to the unit
+    /// inside the channel ([`Self::prove_tan`]). With no data: `9000` if a
+    /// TAN is held, `6A88` if not. `00 20 FF 82` forgets it.
+    fn enter_tan(&mut self, p1: u8, data: &[u8]) -> Outcome {
+        if self.records.lifecycle == Lifecycle::Manufactured {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        match p1 {
+            proto::P1_VERIFY_RESET if data.is_empty() => {
+                self.tan = None;
+                Ok(Vec::new())
+            }
+            proto::P1_VERIFY_RESET => Err(Sw(sw::WRONG_LENGTH)),
+            proto::P1_VERIFY if data.is_empty() => match self.tan {
+                Some(_) => Ok(Vec::new()),
+                None => Err(Sw(sw::DATA_NOT_FOUND)),
+            },
+            proto::P1_VERIFY => {
+                // Outside the public limits: refused, nothing held, nothing counted.
+                if !(len::TAN_MIN..=len::TAN_MAX).contains(&data.len()) {
+                    self.tan = None;
+                    return Err(Sw(sw::WRONG_LENGTH));
+                }
+                self.tan = Some(zeroize::Zeroizing::new(data.to_vec()));
+                Ok(Vec::new())
+            }
+            _ => Err(Sw(sw::WRONG_P1P2)),
+        }
+    }
+
+    /// INTERNAL AUTHENTICATE for the TAN (`0C 88 00 82`, personalization
+    /// channel only, claim 13): `7C { 81 salt }` → `7C { 82 proof }` with
+    /// `proof = HMAC-SHA384(HKDF(salt, TAN), "imprint v1 tan proof" ‖ TH)`.
+    ///
+    /// DESIGN §8a: the proof counter is advanced and committed before the
+    /// proof is computed; at [`proto::TAN_PROOF_LIMIT`] the answer is `6983`
+    /// until a personalization completes. The TAN is used once.
+    fn prove_tan(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if p1 != 0 || p2 != proto::TAN_REF {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        let th = match &self.session {
+            Session::Established(session) => session.th,
+            _ => return Err(Sw(sw::SECURITY_STATUS)),
+        };
+        let template = tlv::decode_single(data, tag::DYN_AUTH)?;
+        let [salt] = tlv::decode_fields(template, [tag::TAN_SALT])?;
+        let salt: [u8; len::TAN_SALT] = tlv::required_array(salt, tag::TAN_SALT)?;
+        // No TAN entered: nothing to prove, nothing counted.
+        let tan = self.tan.take().ok_or(Sw(sw::DATA_NOT_FOUND))?;
+        if self.records.tan_proofs >= proto::TAN_PROOF_LIMIT {
+            return Err(Sw(sw::AUTH_METHOD_BLOCKED));
+        }
+        let mut records = self.records.clone();
+        records.tan_proofs += 1;
+        self.commit(records)?;
+        let verifier = channel::tan_verifier(&salt, &tan);
+        drop(tan);
+        let proof = channel::tan_proof(&verifier, &th).map_err(|_| Sw(sw::UNKNOWN))?;
+        Ok(tlv::encode(
+            tag::DYN_AUTH,
+            &tlv::encode(tag::TAN_PROOF, &proof),
+        ))
     }
 
     /// MUTUAL AUTHENTICATE of the operating channel (claims 1, 4): the central

@@ -396,6 +396,38 @@ pub fn possession_digest(th: &Digest48, point: &[u8], variation: &[u8]) -> Diges
     hash.finalize().into()
 }
 
+/// The TAN verifier the unit stores instead of the TAN (claim 13):
+/// `HKDF-SHA384(salt = unit salt, ikm = TAN, info = "imprint v1 tan verifier")`,
+/// 48 bytes. The module derives the same value from the TAN typed at its
+/// input unit and the salt the unit sends.
+pub fn tan_verifier(salt: &[u8], tan: &[u8]) -> zeroize::Zeroizing<[u8; 48]> {
+    let kdf = hkdf::Hkdf::<Sha384>::new(Some(salt), tan);
+    let mut out = zeroize::Zeroizing::new([0u8; 48]);
+    // 48 bytes are far below HKDF-SHA384's output limit: expand cannot fail.
+    let _ = kdf.expand(b"imprint v1 tan verifier", &mut out[..]);
+    out
+}
+
+/// The module's proof of the TAN in one personalization channel:
+/// `HMAC-SHA384(V, "imprint v1 tan proof" ‖ TH)`. Bound to TH, so a proof
+/// from one channel is worthless in any other.
+pub fn tan_proof(verifier: &[u8; 48], th: &Digest48) -> Result<[u8; 48], ChannelError> {
+    Ok(tan_mac(verifier, th)?.finalize().into_bytes().into())
+}
+
+/// Checks a TAN proof against a verifier in constant time.
+pub fn tan_proof_matches(verifier: &[u8; 48], th: &Digest48, proof: &[u8]) -> bool {
+    tan_mac(verifier, th).is_ok_and(|mac| mac.verify_slice(proof).is_ok())
+}
+
+fn tan_mac(verifier: &[u8; 48], th: &Digest48) -> Result<Hmac<Sha384>, ChannelError> {
+    let mut mac = <Hmac<Sha384> as hmac::KeyInit>::new_from_slice(verifier)
+        .map_err(|_| ChannelError::BadConfirmation)?;
+    mac.update(b"imprint v1 tan proof");
+    mac.update(th);
+    Ok(mac)
+}
+
 /// Verifies a raw `r ‖ s` signature over a prehashed digest.
 pub fn verify_raw_signature(
     key: &VerifyingKey,

@@ -2,6 +2,7 @@
 //! `docs/protocol.md` reproduces byte for byte.
 
 use super::*;
+use crate::channel::transaction::{TransactionKeys, TransactionValues};
 use alloc::string::String;
 use alloc::vec;
 use p384::ecdsa::SigningKey;
@@ -908,8 +909,6 @@ fn secure_messaging_decoders_never_panic() {
 // primitives (SHA-384, HKDF-SHA384, HMAC-SHA384, AES-256-GCM, P-384 ECDH) without this
 // module's types.
 
-use crate::channel::transaction::{TransactionKeys, TransactionValues};
-
 /// Every input of the operating vector, fixed.
 struct OperatingVector {
     central_secret: NonZeroScalar,
@@ -1626,4 +1625,24 @@ fn transaction_session_rejects_replay_reorder_and_reflection() {
         other.open_message(&unhex(TX_SEALED_MESSAGE_1)),
         Err(ChannelError::SecureMessaging)
     );
+}
+
+/// The TAN test vector of docs/protocol.md, section 18 (computed independently
+/// with Python's hmac/hashlib: HKDF by hand).
+#[test]
+fn tan_verifier_and_proof_match_the_documented_vector() {
+    let verifier = tan_verifier(&[7u8; 32], b"4711081512");
+    assert_eq!(
+        hex(&verifier[..]),
+        "6a7cbd3661d598712a649ee9746f078b20b0dc058f1803915d91a40d91f3678ab8729c9661260d32e1f0504f99825af6"
+    );
+    let th = [3u8; 48];
+    let proof = tan_proof(&verifier, &th).unwrap();
+    assert_eq!(
+        hex(&proof),
+        "d4cb89b3970d9d868389494548e9ce020311a5a15bf4e4d8a8658688b0d1a3c6dbae62575d8ccde88cb3cf1dd6d9e9d3"
+    );
+    assert!(tan_proof_matches(&verifier, &th, &proof));
+    assert!(!tan_proof_matches(&verifier, &[4u8; 48], &proof));
+    assert!(!tan_proof_matches(&verifier, &th, &proof[..47]));
 }

@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod manufacture;
 pub mod personalize;
 pub mod status;
+pub mod tan;
 pub mod transport;
 
 pub use credentials::{ManufacturerCredentials, UnitCredentials};
@@ -53,7 +54,7 @@ pub fn status_meaning(sw: u16) -> &'static str {
         DATA_NOT_FOUND => "referenced data not found",
         INS_NOT_SUPPORTED => "instruction not supported",
         CLA_NOT_SUPPORTED => "class not supported",
-        PIN_BLOCKED => "PIN blocked",
+        PIN_BLOCKED => "authentication method blocked (PIN blocked, or TAN proofs exhausted)",
         0x63C0..=0x63CF => "PIN not verified (tries left in the last digit)",
         _ => "unexpected status",
     }

@@ -5,6 +5,10 @@
 //! EXTERNAL AUTHENTICATE, GENERATE ASYMMETRIC KEY PAIR, PUT DATA (bundle).
 //! A re-personalization adds TERMINATE after the handshake (6). An optional
 //! user PIN rides in the bundle, under secure messaging, and adds no APDU.
+//! A TAN (claim 13) adds two: VERIFY of the TAN after SELECT (local, plain)
+//! and INTERNAL AUTHENTICATE for its proof right after the handshake, before
+//! TERMINATE or GENERATE, so nothing changes on the module for a user who did
+//! not consent.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,8 @@ use crate::pki::{self, Certificate, PkiError};
 use crate::proto::{self, Lifecycle, ins, len, tag};
 use crate::tlv;
 
+use super::tan::{TAN_SALT_LEN, TanCheck, TanRefusal, tan_length_ok};
+
 /// Choices for one personalization.
 pub struct PersonalizationOptions {
     /// The variation value sent to the module for key generation (claim 10), 1–64 bytes.
@@ -36,6 +42,12 @@ pub struct PersonalizationOptions {
     /// channel (tag `DF27` of the bundle). `None`: the module key needs no PIN.
     /// The module stores a salted hash; this buffer is wiped when dropped.
     pub pin: Option<Zeroizing<Vec<u8>>>,
+    /// The TAN the user entered (claim 13), 4 to 16 bytes. It goes to the
+    /// module over the local interface only (plain VERIFY `00 20 00 82`),
+    /// never to the unit's journal; the module proves it inside the channel.
+    pub tan: Option<Zeroizing<Vec<u8>>>,
+    /// The unit's policy: refuse to personalize without a TAN.
+    pub require_tan: bool,
 }
 
 impl Default for PersonalizationOptions {
@@ -45,6 +57,8 @@ impl Default for PersonalizationOptions {
             validity_years: 5,
             issuer: None,
             pin: None,
+            tan: None,
+            require_tan: false,
         }
     }
 }
@@ -111,6 +125,10 @@ pub struct IssuedCertificate {
     pub certificate: Certificate,
     /// The module's nonce it carries.
     pub nonce: [u8; pki::NONCE_LEN],
+    /// The TAN the module proved (claim 13), by its store id: the journal
+    /// consumes it in the same transaction that records this certificate,
+    /// and refuses the record if the TAN is no longer open.
+    pub tan: Option<i64>,
 }
 
 /// A journal failure.
@@ -126,6 +144,25 @@ pub trait IssuanceJournal {
     fn mark_installed(&mut self, id: i64) -> Result<(), JournalError>;
     /// Marks an entry failed, with the reason.
     fn mark_failed(&mut self, id: i64, reason: &str) -> Result<(), JournalError>;
+
+    /// The unit-wide TAN salt (claim 13), created once by the store. `None`:
+    /// this journal keeps no TANs, so TAN personalizations are refused.
+    fn tan_salt(&mut self) -> Result<Option<[u8; TAN_SALT_LEN]>, JournalError> {
+        Ok(None)
+    }
+
+    /// Judges a module's TAN proof over `th` with [`super::tan::judge`] and
+    /// commits the failure counters it asks for, atomically. A journal with
+    /// no TANs has nothing a proof could match.
+    fn check_tan(
+        &mut self,
+        serial: &str,
+        th: &Digest48,
+        proof: &[u8],
+    ) -> Result<TanCheck, JournalError> {
+        let _ = (serial, th, proof);
+        Ok(TanCheck::Refused(TanRefusal::Wrong))
+    }
 }
 
 /// Which check of the certificate bundle the module refused.
@@ -242,6 +279,29 @@ pub enum PersonalizeError {
     /// The user PIN in the options is not 4 to 16 bytes long.
     #[error("the user PIN must be 4 to 16 bytes long")]
     InvalidPin,
+    /// The TAN in the options is not 4 to 16 bytes long.
+    #[error("the TAN must be 4 to 16 bytes long")]
+    InvalidTan,
+    /// The unit's policy requires a TAN and none was entered.
+    #[error("this personalization unit requires a TAN: enter the TAN issued for this module")]
+    TanRequired,
+    /// A TAN was entered but the unit's journal keeps no TANs.
+    #[error("a TAN was entered but this unit's journal keeps no TANs")]
+    TanUnsupported,
+    /// The module holds no TAN for the proof (it was reset or deselected).
+    #[error("the module holds no TAN (was the card reset after the TAN was entered?)")]
+    TanNotEntered,
+    /// The module refuses further TAN proofs until a personalization completes.
+    #[error(
+        "the module refuses further TAN proofs (6983): it gave {limit} since its last \
+         completed personalization; personalize it once without a TAN at a unit that \
+         does not require one, or return it to the issuer",
+        limit = proto::TAN_PROOF_LIMIT
+    )]
+    ModuleTanBlocked,
+    /// The unit refused the module's TAN proof; failures were counted.
+    #[error("TAN refused: {0}")]
+    TanRefused(TanRefusal),
 }
 
 /// What the driver must do next.
@@ -256,14 +316,27 @@ pub enum Action {
     },
     /// Record this certificate in the journal, then call [`Personalization::recorded`].
     Record(Box<IssuedCertificate>),
+    /// Judge this TAN proof with the unit's TAN store
+    /// ([`IssuanceJournal::check_tan`]), then call [`Personalization::tan_checked`].
+    CheckTan {
+        /// The module serial (authenticated by the handshake).
+        serial: String,
+        /// This channel's transcript hash.
+        th: Digest48,
+        /// The module's proof.
+        proof: [u8; len::TAN_PROOF],
+    },
     /// Finished; the module is OPERATING.
     Done,
 }
 
 enum State {
     Select,
+    EnterTan,
     Open,
     Confirm,
+    ProveTan,
+    AwaitTanCheck,
     Terminate,
     Generate,
     Issue,
@@ -298,6 +371,9 @@ pub struct Personalization<'u> {
     issued: Option<IssuedCertificate>,
     last_header: [u8; 4],
     reset_only: bool,
+    tan_salt: Option<[u8; TAN_SALT_LEN]>,
+    tan_proof: Option<[u8; len::TAN_PROOF]>,
+    tan_id: Option<i64>,
 }
 
 impl<'u> Personalization<'u> {
@@ -327,6 +403,11 @@ impl<'u> Personalization<'u> {
         {
             return Err(PersonalizeError::InvalidPin);
         }
+        match &options.tan {
+            Some(tan) if !tan_length_ok(tan) => return Err(PersonalizeError::InvalidTan),
+            None if options.require_tan => return Err(PersonalizeError::TanRequired),
+            _ => {}
+        }
         Ok(Self {
             unit,
             options,
@@ -340,7 +421,49 @@ impl<'u> Personalization<'u> {
             issued: None,
             last_header: [0; 4],
             reset_only: false,
+            tan_salt: None,
+            tan_proof: None,
+            tan_id: None,
         })
+    }
+
+    /// Whether this flow proves a TAN: then [`Self::set_tan_salt`] must be
+    /// called before the flow runs.
+    pub fn uses_tan(&self) -> bool {
+        self.options.tan.is_some()
+    }
+
+    /// The unit's TAN salt, from its TAN store.
+    pub fn set_tan_salt(&mut self, salt: [u8; TAN_SALT_LEN]) {
+        self.tan_salt = Some(salt);
+    }
+
+    /// The result of [`Action::CheckTan`]: continues on an accepted TAN,
+    /// fails the flow (nothing issued) on a refusal.
+    pub fn tan_checked(&mut self, check: TanCheck) -> Result<(), PersonalizeError> {
+        if !matches!(self.state, State::AwaitTanCheck) {
+            return Err(PersonalizeError::OutOfOrder);
+        }
+        match check {
+            TanCheck::Accepted(id) => {
+                self.tan_id = Some(id);
+                self.state = self.after_authentication();
+                Ok(())
+            }
+            TanCheck::Refused(refusal) => {
+                self.state = State::Done;
+                self.channel = None;
+                Err(PersonalizeError::TanRefused(refusal))
+            }
+        }
+    }
+
+    fn after_authentication(&self) -> State {
+        if self.reset_only || self.lifecycle_before == Some(Lifecycle::Operating) {
+            State::Terminate
+        } else {
+            State::Generate
+        }
     }
 
     /// The module serial, once known.
@@ -362,6 +485,37 @@ impl<'u> Personalization<'u> {
     pub fn next_action(&mut self) -> Result<Action, PersonalizeError> {
         let action = match self.state {
             State::Select => plain([0x00, ins::SELECT, 0x04, 0x00], proto::AID.to_vec()),
+            State::EnterTan => {
+                let tan = self
+                    .options
+                    .tan
+                    .as_ref()
+                    .ok_or(PersonalizeError::OutOfOrder)?;
+                // The local interface only: this APDU goes to the module
+                // beside the user, never over a long-distance link.
+                plain(
+                    [0x00, ins::VERIFY, proto::P1_VERIFY, proto::TAN_REF],
+                    tan.to_vec(),
+                )
+            }
+            State::ProveTan => {
+                let salt = self.tan_salt.ok_or(PersonalizeError::TanUnsupported)?;
+                let data = tlv::encode(tag::DYN_AUTH, &tlv::encode(tag::TAN_SALT, &salt));
+                self.secured(
+                    [CLA_SM, ins::INTERNAL_AUTHENTICATE, 0, proto::TAN_REF],
+                    &data,
+                )?
+            }
+            State::AwaitTanCheck => {
+                let serial = self.serial.clone().ok_or(PersonalizeError::OutOfOrder)?;
+                let th = self
+                    .channel
+                    .as_ref()
+                    .ok_or(PersonalizeError::OutOfOrder)?
+                    .th;
+                let proof = self.tan_proof.ok_or(PersonalizeError::OutOfOrder)?;
+                Action::CheckTan { serial, th, proof }
+            }
             State::Open => {
                 let mut randomness = Zeroizing::new([0u8; 48]);
                 getrandom::fill(&mut randomness[..]).map_err(|_| PersonalizeError::Random)?;
@@ -490,14 +644,24 @@ impl<'u> Personalization<'u> {
                     th,
                     nonce,
                 });
-                self.state =
-                    if self.reset_only || self.lifecycle_before == Some(Lifecycle::Operating) {
-                        State::Terminate
-                    } else {
-                        State::Generate
-                    };
+                self.state = if self.options.tan.is_some() && !self.reset_only {
+                    State::ProveTan
+                } else {
+                    self.after_authentication()
+                };
                 Ok(())
             }
+            State::EnterTan => {
+                if response.sw != sw::OK {
+                    return Err(match response.sw {
+                        sw::WRONG_LENGTH => PersonalizeError::InvalidTan,
+                        other => status("VERIFY (TAN)", other),
+                    });
+                }
+                self.state = State::Open;
+                Ok(())
+            }
+            State::ProveTan => self.on_tan_proof(response),
             State::Terminate => {
                 let (_, inner) = self.open_secured(response, "TERMINATE")?;
                 if inner != sw::OK {
@@ -524,7 +688,9 @@ impl<'u> Personalization<'u> {
                     other => Err(status("PUT DATA (certificates)", other)),
                 }
             }
-            State::Issue | State::AwaitRecord | State::Done => Err(PersonalizeError::OutOfOrder),
+            State::Issue | State::AwaitRecord | State::AwaitTanCheck | State::Done => {
+                Err(PersonalizeError::OutOfOrder)
+            }
         }
     }
 
@@ -545,7 +711,28 @@ impl<'u> Personalization<'u> {
             return Err(PersonalizeError::NotManufactured);
         }
         self.serial = info.serial.map(|serial| pki::serial_hex(&serial));
-        self.state = State::Open;
+        self.state = if self.options.tan.is_some() && !self.reset_only {
+            State::EnterTan
+        } else {
+            State::Open
+        };
+        Ok(())
+    }
+
+    fn on_tan_proof(&mut self, response: &Response) -> Result<(), PersonalizeError> {
+        const STEP: &str = "INTERNAL AUTHENTICATE (TAN)";
+        let (data, inner) = self.open_secured(response, STEP)?;
+        match inner {
+            sw::OK => {}
+            sw::AUTH_METHOD_BLOCKED => return Err(PersonalizeError::ModuleTanBlocked),
+            sw::DATA_NOT_FOUND => return Err(PersonalizeError::TanNotEntered),
+            other => return Err(status(STEP, other)),
+        }
+        let malformed = |_| PersonalizeError::Malformed(STEP);
+        let template = tlv::decode_single(&data, tag::DYN_AUTH).map_err(malformed)?;
+        let [proof] = tlv::decode_fields(template, [tag::TAN_PROOF]).map_err(malformed)?;
+        self.tan_proof = Some(tlv::required_array(proof, tag::TAN_PROOF).map_err(malformed)?);
+        self.state = State::AwaitTanCheck;
         Ok(())
     }
 
@@ -667,6 +854,7 @@ impl<'u> Personalization<'u> {
             serial,
             certificate,
             nonce: channel.nonce,
+            tan: self.tan_id,
         };
         self.issued = Some(issued.clone());
         Ok(issued)
@@ -870,6 +1058,12 @@ pub fn personalize<T: Transport>(
     let apdus_before = link.apdu_count();
     let commands_before = link.command_count();
     let mut flow = Personalization::new(unit, options)?;
+    if flow.uses_tan() {
+        let salt = journal
+            .tan_salt()?
+            .ok_or(PersonalizeError::TanUnsupported)?;
+        flow.set_tan_salt(salt);
+    }
     let mut journal_id = None;
     let result = drive(link, journal, &mut flow, &mut journal_id);
     match (&result, journal_id) {
@@ -906,6 +1100,10 @@ fn drive<T: Transport>(
                 *journal_id = Some(journal.record_issued(&issued)?);
                 flow.recorded()?;
             }
+            Action::CheckTan { serial, th, proof } => {
+                let check = journal.check_tan(&serial, &th, &proof)?;
+                flow.tan_checked(check)?;
+            }
             Action::Done => return Ok(()),
         }
     }
@@ -925,7 +1123,9 @@ pub fn reset_module<T: Transport>(
                 let response = link.send(header, &data)?;
                 flow.on_response(&response)?;
             }
-            Action::Record(_) => return Err(PersonalizeError::OutOfOrder),
+            Action::Record(_) | Action::CheckTan { .. } => {
+                return Err(PersonalizeError::OutOfOrder);
+            }
             Action::Done => return Ok(link.apdu_count() - before),
         }
     }
@@ -956,7 +1156,9 @@ impl OpenChannel {
                     let response = link.send(header, &data)?;
                     flow.on_response(&response)?;
                 }
-                Action::Record(_) | Action::Done => return Err(PersonalizeError::OutOfOrder),
+                Action::Record(_) | Action::CheckTan { .. } | Action::Done => {
+                    return Err(PersonalizeError::OutOfOrder);
+                }
             }
         }
     }

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha384};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
-use crate::proto::{Lifecycle, PIN_TRY_LIMIT};
+use crate::proto::{Lifecycle, PIN_TRY_LIMIT, TAN_PROOF_LIMIT};
 use crate::tlv;
 
 #[cfg(feature = "std")]
@@ -81,6 +81,10 @@ pub struct Records {
     /// The transaction key set the central system installed (claim 11).
     /// Operational material: erased with the module key.
     pub key_set: Option<KeySetRecord>,
+    /// TAN proofs given since the last completed personalization (claim 13),
+    /// `0..=TAN_PROOF_LIMIT`. Not operational material: TERMINATE keeps it,
+    /// only a completed personalization sets it back to zero.
+    pub tan_proofs: u8,
 }
 
 /// A transaction key set as the module keeps it (claim 11).
@@ -191,6 +195,9 @@ mod record_tag {
     pub const PIN_TRIES: u32 = 0xCA;
     pub const KEY_SET: u32 = 0xCB;
     pub const KEY_SET_COUNTER: u32 = 0xCC;
+    /// Added with the TAN (claim 13); absent means zero, so records written
+    /// before it still decode, and a zero counter is not written.
+    pub const TAN_PROOFS: u32 = 0xCD;
 }
 
 const RECORDS_VERSION: u8 = 1;
@@ -242,6 +249,9 @@ impl Records {
             value.zeroize();
             tlv::write(&mut out, KEY_SET_COUNTER, &key_set.counter.to_be_bytes());
         }
+        if self.tan_proofs != 0 {
+            tlv::write(&mut out, TAN_PROOFS, &[self.tan_proofs]);
+        }
         out
     }
 
@@ -264,6 +274,7 @@ impl Records {
                 PIN_TRIES,
                 KEY_SET,
                 KEY_SET_COUNTER,
+                TAN_PROOFS,
             ],
         )
         .map_err(|_| KeyMemoryError::Corrupt)?;
@@ -281,6 +292,7 @@ impl Records {
             pin_tries,
             key_set,
             key_set_counter,
+            tan_proofs,
         ] = fields;
         let corrupt = |_| KeyMemoryError::Corrupt;
         if tlv::required_array::<1>(version, VERSION).map_err(corrupt)? != [RECORDS_VERSION] {
@@ -302,6 +314,11 @@ impl Records {
             ),
             pin: decode_pin(pin_verifier, pin_tries)?,
             key_set: decode_key_set(key_set, key_set_counter)?,
+            tan_proofs: match tan_proofs {
+                None => 0,
+                Some(&[count]) if (1..=TAN_PROOF_LIMIT).contains(&count) => count,
+                Some(_) => return Err(KeyMemoryError::Corrupt),
+            },
         })
     }
 }

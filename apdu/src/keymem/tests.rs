@@ -19,7 +19,26 @@ fn sample() -> Records {
             expires: 1_900_000_000,
             counter: 41,
         }),
+        tan_proofs: 2,
     }
+}
+
+#[test]
+fn tan_proof_counter_round_trips_and_old_records_decode() {
+    let records = sample();
+    assert_eq!(Records::decode(&records.encode()).unwrap(), records);
+    // A record written before the TAN counter existed has no CD object.
+    let old = Records {
+        tan_proofs: 0,
+        ..sample()
+    };
+    let bytes = old.encode();
+    assert!(!bytes.windows(2).any(|w| w == [0xCD, 0x01]));
+    assert_eq!(Records::decode(&bytes).unwrap().tan_proofs, 0);
+    // Out-of-range counters are corruption, not a fresh start.
+    let mut bad = old.encode();
+    bad.extend_from_slice(&[0xCD, 0x01, crate::proto::TAN_PROOF_LIMIT + 1]);
+    assert_eq!(Records::decode(&bad), Err(KeyMemoryError::Corrupt));
 }
 
 #[test]

@@ -185,4 +185,16 @@ impl IssuanceJournal for TimedJournal<'_> {
     fn mark_failed(&mut self, id: i64, reason: &str) -> Result<(), JournalError> {
         self.timed(|journal| journal.mark_failed(id, reason))
     }
+    fn tan_salt(&mut self) -> Result<Option<[u8; 32]>, JournalError> {
+        self.timed(|journal| journal.tan_salt())
+    }
+
+    fn check_tan(
+        &mut self,
+        serial: &str,
+        th: &imprint_apdu::channel::Digest48,
+        proof: &[u8],
+    ) -> Result<imprint_apdu::host::tan::TanCheck, JournalError> {
+        self.timed(|journal| journal.check_tan(serial, th, proof))
+    }
 }

@@ -8,17 +8,34 @@
 //!              ─ any failure ────▶ mark_failed ────▶ 'issued' → 'failed' + reason
 //! ```
 //!
+//! The same database is the unit's TAN store (claim 13, schema version 3):
+//! a unit-wide salt, and per TAN its verifier, binding, expiry, use and
+//! failures; never the TAN. A TAN is consumed in the transaction that
+//! records the certificate it authorized.
+//!
+//! ```text
+//!  imprint tan issue ─▶ INSERT tan (verifier, serial?, expires)           prints the TANs once
+//!  check_tan ─▶ BEGIN IMMEDIATE; judge(rows); failures += 1 | accept; COMMIT
+//!  record_issued(tan = id) ─▶ BEGIN IMMEDIATE; INSERT issuance; UPDATE tan SET used_at; COMMIT
+//! ```
+//!
 //! SQLite in WAL mode with `synchronous=FULL`, so a committed row survives a
 //! power loss. The schema is versioned with `PRAGMA user_version`; each
 //! migration runs in one transaction.
 
 use std::path::{Path, PathBuf};
 
+use imprint_apdu::channel::{Digest48, tan_verifier};
 use imprint_apdu::host::personalize::unix_now;
+use imprint_apdu::host::tan::{
+    Judgement, SERIAL_FAILURE_LIMIT, TAN_FAILURE_LIMIT, TAN_SALT_LEN, TanCheck, TanRow, judge,
+};
 use imprint_apdu::host::{IssuanceJournal, IssuedCertificate, JournalError};
 use imprint_apdu::pki::Certificate;
 use imprint_central::display;
+use rusqlite::TransactionBehavior;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use zeroize::Zeroizing;
 
 use crate::HostError;
 
@@ -58,6 +75,26 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE issuance ADD COLUMN import_id INTEGER REFERENCES import (id);
     CREATE UNIQUE INDEX issuance_origin ON issuance (origin_unit, origin_id)
         WHERE origin_unit IS NOT NULL;",
+    // Version 3, claim 13: the TAN store. The salt is created once (single row); a TAN
+    // is kept as its verifier only.
+    "CREATE TABLE tan_salt (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        salt BLOB NOT NULL CHECK (length(salt) = 32)
+    );
+    CREATE TABLE tan (
+        id          INTEGER PRIMARY KEY,
+        verifier    BLOB NOT NULL CHECK (length(verifier) = 48),
+        serial      TEXT,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        used_at     INTEGER,
+        issuance_id INTEGER REFERENCES issuance (id),
+        failures    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE tan_serial (
+        serial   TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL DEFAULT 0
+    );",
 ];
 
 /// The schema version this tool writes.
@@ -256,10 +293,16 @@ impl SqliteJournal {
 
     /// Records an issued certificate with status 'issued'; the row is
     /// committed (and, with `synchronous=FULL`, durable) when this returns.
+    /// The TAN it names, if any, is consumed in the same transaction; if that
+    /// TAN is no longer open nothing is recorded.
     pub fn record(&mut self, issued: &IssuedCertificate) -> Result<i64, HostError> {
         let now = now_i64();
-        self.conn
-            .execute(
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite(&path, "cannot begin recording"))?;
+        tx.execute(
                 "INSERT INTO issuance (serial, fingerprint, certificate, nonce, status, reason, issued_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, 'issued', NULL, ?5, ?5)",
                 params![
@@ -270,8 +313,235 @@ impl SqliteJournal {
                     now,
                 ],
             )
-            .map_err(sqlite(&self.path, "cannot record an issued certificate"))?;
-        Ok(self.conn.last_insert_rowid())
+            .map_err(sqlite(&path, "cannot record an issued certificate"))?;
+        let id = tx.last_insert_rowid();
+        if let Some(tan) = issued.tan {
+            let consumed = tx
+                .execute(
+                    "UPDATE tan SET used_at = ?2, issuance_id = ?3
+                     WHERE id = ?1 AND used_at IS NULL AND expires_at > ?2 AND failures < ?4
+                       AND (serial IS NULL OR serial = ?5)",
+                    params![tan, now, id, TAN_FAILURE_LIMIT, issued.serial],
+                )
+                .map_err(sqlite(&path, "cannot consume the TAN"))?;
+            if consumed != 1 {
+                // Dropping the transaction rolls the issuance row back.
+                return Err(HostError::TanNoLongerOpen(tan));
+            }
+            // A personalization the user authorized ends this serial's run of failures.
+            tx.execute("DELETE FROM tan_serial WHERE serial = ?1", [&issued.serial])
+                .map_err(sqlite(&path, "cannot reset the serial's TAN failures"))?;
+        }
+        tx.commit()
+            .map_err(sqlite(&path, "cannot commit an issued certificate"))?;
+        Ok(id)
+    }
+
+    /// The unit-wide TAN salt, created from the OS random generator the first
+    /// time it is asked for.
+    pub fn tan_salt(&mut self) -> Result<[u8; TAN_SALT_LEN], HostError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite(&path, "cannot begin reading the TAN salt"))?;
+        let stored: Option<Vec<u8>> = tx
+            .query_row("SELECT salt FROM tan_salt WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(sqlite(&path, "cannot read the TAN salt"))?;
+        let salt = match stored {
+            Some(bytes) => <[u8; TAN_SALT_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
+                HostError::JournalCorrupt {
+                    id: 1,
+                    what: "the TAN salt is not 32 bytes",
+                }
+            })?,
+            None => {
+                let mut salt = [0u8; TAN_SALT_LEN];
+                getrandom::fill(&mut salt).map_err(|_| HostError::Random)?;
+                tx.execute(
+                    "INSERT INTO tan_salt (id, salt) VALUES (1, ?1)",
+                    [&salt[..]],
+                )
+                .map_err(sqlite(&path, "cannot store the TAN salt"))?;
+                salt
+            }
+        };
+        tx.commit()
+            .map_err(sqlite(&path, "cannot commit the TAN salt"))?;
+        Ok(salt)
+    }
+
+    /// Issues `count` TANs of 10 decimal digits from the OS random generator,
+    /// optionally bound to module `serial`, valid until `expires_at` (Unix
+    /// seconds). Returns each id with its TAN: the only time a TAN exists
+    /// outside the user's hands. Only the verifiers are stored.
+    pub fn issue_tans(
+        &mut self,
+        count: u32,
+        serial: Option<&str>,
+        expires_at: u64,
+    ) -> Result<Vec<(i64, Zeroizing<String>)>, HostError> {
+        let salt = self.tan_salt()?;
+        let path = self.path.clone();
+        let now = now_i64();
+        let expires_at = i64::try_from(expires_at).unwrap_or(i64::MAX);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite(&path, "cannot begin issuing TANs"))?;
+        let mut issued = Vec::new();
+        for _ in 0..count {
+            let tan = random_tan()?;
+            let verifier = tan_verifier(&salt, tan.as_bytes());
+            tx.execute(
+                "INSERT INTO tan (verifier, serial, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![&verifier[..], serial, now, expires_at],
+            )
+            .map_err(sqlite(&path, "cannot store a TAN"))?;
+            issued.push((tx.last_insert_rowid(), tan));
+        }
+        tx.commit()
+            .map_err(sqlite(&path, "cannot commit the TANs"))?;
+        Ok(issued)
+    }
+
+    /// Every TAN's public facts (never the TAN), oldest first.
+    pub fn tans(&self) -> Result<Vec<TanInfo>, HostError> {
+        let path = &self.path;
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT id, serial, created_at, expires_at, used_at, issuance_id, failures
+                 FROM tan ORDER BY id",
+            )
+            .map_err(sqlite(path, "cannot query TANs"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(TanInfo {
+                    id: row.get(0)?,
+                    serial: row.get(1)?,
+                    created_at: row.get(2)?,
+                    expires_at: row.get(3)?,
+                    used_at: row.get(4)?,
+                    issuance_id: row.get(5)?,
+                    failures: row.get(6)?,
+                })
+            })
+            .map_err(sqlite(path, "cannot query TANs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(path, "cannot read a TAN"))
+    }
+
+    /// The failure counter of module `serial` (0 when it never failed).
+    pub fn serial_tan_failures(&self, serial: &str) -> Result<u32, HostError> {
+        self.conn
+            .query_row(
+                "SELECT failures FROM tan_serial WHERE serial = ?1",
+                [serial],
+                |row| row.get(0),
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(sqlite(&self.path, "cannot read a serial's TAN failures"))
+    }
+
+    /// Clears module `serial`'s TAN failure counter (an operator's decision
+    /// after checking why it failed). Returns the counter it had.
+    pub fn unlock_serial(&mut self, serial: &str) -> Result<u32, HostError> {
+        let before = self.serial_tan_failures(serial)?;
+        self.conn
+            .execute("DELETE FROM tan_serial WHERE serial = ?1", [serial])
+            .map_err(sqlite(&self.path, "cannot unlock a serial"))?;
+        Ok(before)
+    }
+
+    /// Judges a module's TAN proof and commits the counters, in one
+    /// IMMEDIATE transaction so concurrent units cannot both pass a counter.
+    pub fn check_tan_proof(
+        &mut self,
+        serial: &str,
+        th: &Digest48,
+        proof: &[u8],
+    ) -> Result<TanCheck, HostError> {
+        let path = self.path.clone();
+        let now = unix_now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite(&path, "cannot begin a TAN check"))?;
+        let mut rows = Vec::new();
+        {
+            let mut statement = tx
+                .prepare("SELECT id, verifier, serial, expires_at, used_at, failures FROM tan")
+                .map_err(sqlite(&path, "cannot query TANs"))?;
+            let found = statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Option<i64>>(4)?,
+                        row.get::<_, u32>(5)?,
+                    ))
+                })
+                .map_err(sqlite(&path, "cannot query TANs"))?;
+            for row in found {
+                let (id, verifier, bound, expires, used, failures) =
+                    row.map_err(sqlite(&path, "cannot read a TAN"))?;
+                let verifier = <[u8; 48]>::try_from(verifier.as_slice()).map_err(|_| {
+                    HostError::JournalCorrupt {
+                        id,
+                        what: "a TAN verifier is not 48 bytes",
+                    }
+                })?;
+                rows.push(TanRow {
+                    id,
+                    verifier,
+                    serial: bound,
+                    expires: u64::try_from(expires).unwrap_or(0),
+                    used: used.is_some(),
+                    failures,
+                });
+            }
+        }
+        let serial_failures: u32 = tx
+            .query_row(
+                "SELECT failures FROM tan_serial WHERE serial = ?1",
+                [serial],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sqlite(&path, "cannot read a serial's TAN failures"))?
+            .unwrap_or(0);
+        let check = match judge(&rows, serial_failures, serial, th, proof, now) {
+            Judgement::Accepted(id) => TanCheck::Accepted(id),
+            Judgement::Refused {
+                refusal,
+                count_on,
+                count_serial,
+            } => {
+                for id in count_on {
+                    tx.execute("UPDATE tan SET failures = failures + 1 WHERE id = ?1", [id])
+                        .map_err(sqlite(&path, "cannot count a TAN failure"))?;
+                }
+                if count_serial {
+                    tx.execute(
+                        "INSERT INTO tan_serial (serial, failures) VALUES (?1, 1)
+                         ON CONFLICT (serial) DO UPDATE SET failures = failures + 1",
+                        [serial],
+                    )
+                    .map_err(sqlite(&path, "cannot count a serial's TAN failure"))?;
+                }
+                TanCheck::Refused(refusal)
+            }
+        };
+        tx.commit()
+            .map_err(sqlite(&path, "cannot commit a TAN check"))?;
+        Ok(check)
     }
 
     /// Marks entry `id` installed: the module committed its certificate.
@@ -401,6 +671,73 @@ impl IssuanceJournal for SqliteJournal {
 
     fn mark_failed(&mut self, id: i64, reason: &str) -> Result<(), JournalError> {
         self.set_failed(id, reason).map_err(boxed)
+    }
+
+    fn tan_salt(&mut self) -> Result<Option<[u8; TAN_SALT_LEN]>, JournalError> {
+        SqliteJournal::tan_salt(self).map(Some).map_err(boxed)
+    }
+
+    fn check_tan(
+        &mut self,
+        serial: &str,
+        th: &Digest48,
+        proof: &[u8],
+    ) -> Result<TanCheck, JournalError> {
+        self.check_tan_proof(serial, th, proof).map_err(boxed)
+    }
+}
+
+/// A TAN's public facts, as `imprint tan list` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TanInfo {
+    /// The store's id.
+    pub id: i64,
+    /// The module serial it is bound to, if any.
+    pub serial: Option<String>,
+    /// When it was issued (Unix seconds).
+    pub created_at: i64,
+    /// End of validity (Unix seconds, exclusive).
+    pub expires_at: i64,
+    /// When a personalization consumed it.
+    pub used_at: Option<i64>,
+    /// The issuance it authorized.
+    pub issuance_id: Option<i64>,
+    /// Failed proofs counted on it.
+    pub failures: u32,
+}
+
+impl TanInfo {
+    /// `open`, `used`, `expired` or `locked`, as of `now`.
+    pub fn state(&self, now: i64) -> &'static str {
+        if self.used_at.is_some() {
+            "used"
+        } else if self.failures >= TAN_FAILURE_LIMIT {
+            "locked"
+        } else if self.expires_at <= now {
+            "expired"
+        } else {
+            "open"
+        }
+    }
+}
+
+/// Whether a serial with `failures` failed TAN proofs is locked for TANs.
+pub fn serial_locked(failures: u32) -> bool {
+    failures >= SERIAL_FAILURE_LIMIT
+}
+
+/// Ten decimal digits, uniform: a u64 from the OS generator, rejected at or
+/// above the largest multiple of 10^10 so no digit string is likelier.
+fn random_tan() -> Result<Zeroizing<String>, HostError> {
+    const SPACE: u64 = 10_000_000_000;
+    const LIMIT: u64 = u64::MAX - (u64::MAX % SPACE);
+    loop {
+        let mut bytes = Zeroizing::new([0u8; 8]);
+        getrandom::fill(&mut bytes[..]).map_err(|_| HostError::Random)?;
+        let value = u64::from_be_bytes(*bytes);
+        if value < LIMIT {
+            return Ok(Zeroizing::new(format!("{:010}", value % SPACE)));
+        }
     }
 }
 

@@ -192,9 +192,111 @@ fn a_version_1_journal_migrates_and_keeps_its_rows_as_local() {
     }
     let journal = SqliteJournal::open(&path).expect("migrates");
     assert_eq!(journal.schema_version().expect("version"), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(SCHEMA_VERSION, 3);
     let entries = journal.entries().expect("entries");
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].origin, None);
     assert_eq!(journal.local_entries().expect("local").len(), 1);
+}
+
+/// The TAN proof module `serial` would send over `th` for `tan`.
+fn proof_for(journal: &mut SqliteJournal, tan: &str, th: &[u8; 48]) -> [u8; 48] {
+    let salt = journal.tan_salt().expect("salt");
+    imprint_apdu::channel::tan_proof(&tan_verifier(&salt, tan.as_bytes()), th).expect("proof")
+}
+
+#[test]
+fn tans_are_stored_as_verifiers_checked_counted_and_consumed_with_the_record() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("journal.sqlite");
+    let mut journal = SqliteJournal::open(&path).expect("open");
+    let salt = journal.tan_salt().expect("salt");
+    assert_eq!(
+        journal.tan_salt().expect("salt again"),
+        salt,
+        "created once"
+    );
+    let expires = unix_now() + 3600;
+    let tans = journal.issue_tans(2, Some(SERIAL), expires).expect("issue");
+    assert_eq!(tans.len(), 2);
+    let th = [9u8; 48];
+
+    // Wrong: both bound TANs and the serial pay one failure.
+    let wrong = proof_for(&mut journal, "0000000000", &th);
+    assert_eq!(
+        journal.check_tan_proof(SERIAL, &th, &wrong).expect("check"),
+        TanCheck::Refused(imprint_apdu::host::tan::TanRefusal::Wrong)
+    );
+    assert!(
+        journal
+            .tans()
+            .expect("tans")
+            .iter()
+            .all(|t| t.failures == 1)
+    );
+    assert_eq!(journal.serial_tan_failures(SERIAL).expect("serial"), 1);
+
+    // Right: accepted, consumed only with the record, which clears the serial.
+    let (id, tan) = &tans[0];
+    let right = proof_for(&mut journal, tan, &th);
+    assert_eq!(
+        journal.check_tan_proof(SERIAL, &th, &right).expect("check"),
+        TanCheck::Accepted(*id)
+    );
+    assert!(journal.tans().expect("tans")[0].used_at.is_none());
+    let mut certificate = issued(SERIAL, 1);
+    certificate.tan = Some(*id);
+    let entry = journal.record(&certificate).expect("record");
+    let info = &journal.tans().expect("tans")[0];
+    assert_eq!(info.issuance_id, Some(entry));
+    assert_eq!(info.state(i64::MAX / 2), "used");
+    assert_eq!(journal.serial_tan_failures(SERIAL).expect("serial"), 0);
+
+    // Recording with the consumed TAN again rolls the whole record back.
+    let mut again = issued(SERIAL, 2);
+    again.tan = Some(*id);
+    let err = journal.record(&again).unwrap_err();
+    assert!(
+        matches!(err, HostError::TanNoLongerOpen(tan) if tan == *id),
+        "{err}"
+    );
+    assert_eq!(journal.entries().expect("entries").len(), 1);
+
+    // The database holds no TAN, and reopening keeps everything.
+    drop(journal);
+    let bytes = std::fs::read(&path).expect("db");
+    for (_, tan) in &tans {
+        assert!(!bytes.windows(10).any(|w| w == tan.as_bytes()));
+    }
+    let reopened = SqliteJournal::open(&path).expect("reopen");
+    assert_eq!(reopened.tans().expect("tans").len(), 2);
+    assert_eq!(reopened.schema_version().expect("version"), SCHEMA_VERSION);
+}
+
+#[test]
+fn a_version_1_journal_migrates_and_keeps_its_entries() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("journal.sqlite");
+    {
+        let conn = Connection::open(&path).expect("sqlite");
+        conn.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        conn.execute(
+            "INSERT INTO issuance (serial, fingerprint, certificate, nonce, status, issued_at, updated_at)
+             VALUES ('0123456789abcdef', 'f', x'30', x'00', 'installed', 1, 1)",
+            [],
+        )
+        .expect("row");
+    }
+    let mut journal = SqliteJournal::open(&path).expect("migrate");
+    assert_eq!(journal.schema_version().expect("version"), SCHEMA_VERSION);
+    assert_eq!(journal.entries().expect("entries").len(), 1);
+    assert_eq!(
+        journal
+            .issue_tans(1, None, unix_now() + 60)
+            .expect("issue")
+            .len(),
+        1
+    );
 }

@@ -821,6 +821,18 @@ impl IssuanceJournal for CardJournal<'_, '_, '_> {
         self.marked_failed = true;
         Ok(())
     }
+    fn tan_salt(&mut self) -> Result<Option<[u8; 32]>, JournalError> {
+        lock(self.journal).tan_salt()
+    }
+
+    fn check_tan(
+        &mut self,
+        serial: &str,
+        th: &imprint_apdu::channel::Digest48,
+        proof: &[u8],
+    ) -> Result<imprint_apdu::host::tan::TanCheck, JournalError> {
+        lock(self.journal).check_tan(serial, th, proof)
+    }
 }
 
 /// Plain log lines, one per event worth a line:

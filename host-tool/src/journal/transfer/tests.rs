@@ -26,6 +26,7 @@ fn issued_by(unit: &UnitCredentials, serial: &str, nonce: u8) -> IssuedCertifica
         serial: serial.to_owned(),
         certificate,
         nonce,
+        tan: None,
     }
 }
 
