@@ -377,13 +377,11 @@ fn every_plain_command_in_every_wrong_state_gets_its_status_word() {
             digest.clone(),
             sw::WRONG_P1P2,
         ),
-        // 80 86 is PSO: DECIPHER (a transaction receipt, claim 11): without
-        // a transaction session it is a security-status refusal.
         (
             "operating",
             [0x00, 0x2A, 0x80, 0x80],
             digest.clone(),
-            sw::SECURITY_STATUS,
+            sw::WRONG_P1P2,
         ),
         // Transaction sessions: ENCIPHER and DECIPHER need an open session,
         // INTERNAL AUTHENTICATE an OPERATING module with a key set.
