@@ -35,6 +35,7 @@ mod error;
 pub mod journal;
 pub mod module;
 pub mod pcsc;
+pub mod remote;
 pub mod roles;
 pub mod station;
 

@@ -22,6 +22,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::HostError;
 
+pub mod relays;
 #[cfg(test)]
 mod tests;
 pub mod transfer;
@@ -58,6 +59,29 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE issuance ADD COLUMN import_id INTEGER REFERENCES import (id);
     CREATE UNIQUE INDEX issuance_origin ON issuance (origin_unit, origin_id)
         WHERE origin_unit IS NOT NULL;",
+    // Version 3, remote personalization through a relay (claim 14): the
+    // relays registered with this unit (their public keys), and which relay
+    // presented which module, so the module is identified indirectly through
+    // the relay. A presentation by an unregistered relay keeps its key's
+    // fingerprint with no name.
+    "CREATE TABLE relays (
+        id            INTEGER PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        fingerprint   TEXT NOT NULL UNIQUE,
+        public_key    BLOB NOT NULL,
+        registered_at INTEGER NOT NULL
+    );
+    CREATE TABLE relay_presentations (
+        id                INTEGER PRIMARY KEY,
+        serial            TEXT NOT NULL,
+        relay_fingerprint TEXT NOT NULL,
+        relay_id          INTEGER REFERENCES relays (id),
+        journal_id        INTEGER REFERENCES issuance (id),
+        outcome           TEXT NOT NULL,
+        presented_at      INTEGER NOT NULL,
+        updated_at        INTEGER NOT NULL
+    );
+    CREATE INDEX relay_presentations_serial ON relay_presentations (serial);",
 ];
 
 /// The schema version this tool writes.
