@@ -422,3 +422,117 @@ fn a_relay_presenting_another_module_than_it_named_is_refused() {
     assert!(err.to_string().contains("serial"), "{err}");
     assert_eq!(lifecycle(&module_dir), before);
 }
+
+fn imprint(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_imprint"))
+        .args(args)
+        .output()
+        .expect("imprint")
+}
+
+#[test]
+fn the_imprint_binaries_serve_register_relay_and_list() {
+    use std::ffi::OsStr;
+    use std::io::{BufRead, BufReader};
+
+    let mut world = World::new();
+    let (module_dir, serial) = world.module();
+    let relay_dir = world.dir.join("cli-relay");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    let init = imprint(&[
+        OsStr::new("relay"),
+        OsStr::new("init"),
+        OsStr::new("--dir"),
+        relay_dir.as_os_str(),
+    ]);
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    let public_key = relay_dir.join(remote::RELAY_PUBLIC_KEY);
+    let register = |name: &str| {
+        imprint(&[
+            OsStr::new("personalizer"),
+            OsStr::new("relay"),
+            OsStr::new("register"),
+            OsStr::new("--personalizer"),
+            world.unit_dir.as_os_str(),
+            OsStr::new("--name"),
+            OsStr::new(name),
+            OsStr::new("--public-key"),
+            public_key.as_os_str(),
+        ])
+    };
+    let registered = register("tablet");
+    assert!(registered.status.success(), "{}", text(&registered.stderr));
+    // The same key under another name is refused.
+    let again = register("tablet-2");
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already registered"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let mut service = std::process::Command::new(env!("CARGO_BIN_EXE_imprint"))
+        .args([
+            OsStr::new("personalizer"),
+            OsStr::new("serve"),
+            OsStr::new("--personalizer"),
+        ])
+        .arg(&world.unit_dir)
+        .args(["--listen", "127.0.0.1:0", "--registered-relays-only"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut lines = BufReader::new(service.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("text");
+    let address = first
+        .strip_prefix("personalizer listening on ")
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .to_owned();
+    // Drain the service's log so it never writes to a closed pipe.
+    let log = std::thread::spawn(move || lines.next().and_then(Result::ok));
+
+    let relayed = imprint(&[
+        OsStr::new("relay"),
+        OsStr::new("--module"),
+        module_dir.as_os_str(),
+        OsStr::new("--personalizer"),
+        OsStr::new(&address),
+        OsStr::new("--relay-key"),
+        relay_dir.as_os_str(),
+    ]);
+    let stdout = text(&relayed.stdout);
+    assert!(
+        relayed.status.success(),
+        "{stdout}{}",
+        text(&relayed.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("serial:     {serial}")),
+        "{stdout}"
+    );
+    let logged = log.join().expect("log thread").expect("a log line");
+    assert!(
+        logged.contains("relay=tablet") && logged.contains("result=installed"),
+        "{logged}"
+    );
+    let _ = service.kill();
+    let _ = service.wait();
+    assert_eq!(lifecycle(&module_dir), Lifecycle::Operating);
+
+    let list = imprint(&[
+        OsStr::new("personalizer"),
+        OsStr::new("relay"),
+        OsStr::new("list"),
+        OsStr::new("--personalizer"),
+        world.unit_dir.as_os_str(),
+    ]);
+    let listing = text(&list.stdout);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    assert!(listing.contains("registered relays: 1"), "{listing}");
+    assert!(
+        listing.contains(&format!("serial={serial} relay=tablet journal=")),
+        "{listing}"
+    );
+    assert!(listing.contains("outcome=installed"), "{listing}");
+}

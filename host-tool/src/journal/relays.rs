@@ -207,3 +207,6 @@ impl SqliteJournal {
             .map_err(sqlite(&self.path, "cannot read a relay presentation"))
     }
 }
+
+#[cfg(test)]
+mod tests;
