@@ -26,6 +26,8 @@
 //! - [`bench`](mod@bench): P-384 signature rates against `openssl speed`.
 //! - [`pcsc`]: cards in PC/SC readers (the transport, reader listing and watching).
 //! - [`station`]: station mode, personalizing cards on several readers at once.
+//! - [`remote`]: the unit as a network service and the relay that presents
+//!   modules to it (claim 14), with the relays' registry in [`journal::relays`].
 
 #![forbid(unsafe_code)]
 

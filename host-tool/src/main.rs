@@ -13,6 +13,9 @@
 //!  imprint bench crypto | pcsc | station  (P-384 rates; round trips, personalizations and
 //!                                          station throughput through pcscd)
 //!  imprint readers;  imprint station ─▶ every card inserted into the readers, once each
+//!  imprint relay init ─▶ R/relay.{key,pub.pem} ─▶ imprint personalizer relay register | list
+//!  imprint personalizer serve ◀─TCP─ imprint relay --module|--reader (claim 14: the unit
+//!                                     personalizes a module through a relay, end to end)
 //! ```
 //!
 //! Module commands take `--module DIR` (a file-backed module in this process),
@@ -72,6 +75,12 @@ Cards in PC/SC readers: `--reader NAME` instead of `--module DIR`.
   imprint manufacturer manufacture --dir M --reader \"Virtual PCD 00 00\"
   imprint personalize --personalizer P --reader \"Virtual PCD 00 00\"
   imprint station --personalizer P --count 10
+
+Through a relay (the unit as a network service, claim 14):
+  imprint relay init --dir R
+  imprint personalizer relay register --personalizer P --name phone-1 --public-key R/relay.pub.pem
+  imprint personalizer serve --personalizer P --listen 0.0.0.0:7400 --registered-relays-only
+  imprint relay --reader \"Virtual PCD 00 00\" --personalizer unit-host:7400 --relay-key R
 
 Every failure prints `error: <reason>` on standard error and exits with status 1.";
 

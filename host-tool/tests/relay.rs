@@ -80,13 +80,22 @@ impl World {
     }
 
     fn serve(&self, registered_relays_only: bool) -> (SocketAddr, Receiver<ConnectionLog>) {
+        self.serve_with(registered_relays_only, 4, Duration::from_secs(10))
+    }
+
+    fn serve_with(
+        &self,
+        registered_relays_only: bool,
+        max_connections: usize,
+        timeout: Duration,
+    ) -> (SocketAddr, Receiver<ConnectionLog>) {
         let server = Server::bind(
             "127.0.0.1:0",
             ServeConfig {
                 unit_dir: self.unit_dir.clone(),
                 registered_relays_only,
-                max_connections: 4,
-                timeout: Duration::from_secs(10),
+                max_connections,
+                timeout,
             },
         )
         .expect("bind");
@@ -535,4 +544,37 @@ fn the_imprint_binaries_serve_register_relay_and_list() {
         "{listing}"
     );
     assert!(listing.contains("outcome=installed"), "{listing}");
+}
+
+#[test]
+fn a_silent_relay_times_out_and_a_full_unit_answers_busy() {
+    let world = World::new();
+    let (address, logs) = world.serve_with(true, 1, Duration::from_secs(1));
+    // The first connection says HELLO, then nothing: it holds the only slot
+    // until the unit's timeout.
+    let mut silent = connect(address);
+    wire::write_frame(
+        &mut silent,
+        &Frame::Hello {
+            purpose: Purpose::Personalize,
+            serial: [1; 8],
+        },
+    )
+    .expect("hello");
+    assert!(matches!(
+        wire::read_frame(&mut silent).expect("challenge"),
+        Frame::RelayChallenge { .. }
+    ));
+    let mut second = connect(address);
+    match wire::read_frame(&mut second).expect("an answer") {
+        Frame::Error { code, .. } => assert_eq!(code, ErrorCode::Busy),
+        other => panic!("unexpected {other:?}"),
+    }
+    match wire::read_frame(&mut silent).expect("an answer") {
+        Frame::Error { code, .. } => assert_eq!(code, ErrorCode::Timeout),
+        other => panic!("unexpected {other:?}"),
+    }
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    assert!(log.result.is_err(), "{log:?}");
+    assert!(world.journal().presentations().expect("p").is_empty());
 }
