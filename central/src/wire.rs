@@ -16,11 +16,25 @@
 //!   | ◀──── ERROR (code, reason)            |   at any point, then the connection closes
 //! ```
 //!
+//! The same frames carry remote personalization (claim 14), between a relay
+//! (the mobile appliance, holding the module) and a personalization unit:
+//!
+//! ```text
+//!  relay                                  personalization unit
+//!   | HELLO (version, personalize, serial) ─▶ |
+//!   | ◀── RELAY CHALLENGE (challenge, SHA-384(unit certificate by manufacturer))
+//!   | RELAY AUTH (relay public key, signature) ─▶ |  signature over relay_auth_digest()
+//!   | ◀─────────── COMMAND / RESPONSE ──────▶ |  the personalization channel, end to end
+//!   | ◀──── PERSONALIZED (journal id, module certificate) or ERROR
+//! ```
+//!
 //! The APDUs and the sealed messages are end to end between the central
 //! system and the module; nothing in a frame is secret from the host, and
 //! nothing the host changes goes unnoticed by either end.
 
 use std::io::{self, Read, Write};
+
+use sha2::{Digest, Sha384};
 
 /// Version of the frame protocol, sent in HELLO.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -33,6 +47,38 @@ pub const MAX_FRAME: usize = 16 * 1024;
 /// Module serial length on the wire.
 pub const SERIAL_LEN: usize = 8;
 
+/// Length of the unit's challenge to a relay.
+pub const RELAY_CHALLENGE_LEN: usize = 32;
+
+/// Length of a relay's public key on the wire (uncompressed SEC1 P-384).
+pub const RELAY_PUBLIC_KEY_LEN: usize = 97;
+
+/// Length of a relay's signature on the wire (`r ‖ s`).
+pub const RELAY_SIGNATURE_LEN: usize = 96;
+
+/// Domain label of the relay's signature, so it cannot be taken for any other
+/// signature of the system.
+pub const RELAY_AUTH_LABEL: &[u8] = b"imprint v1 relay";
+
+/// What a relay signs to authenticate to a personalization unit:
+/// `SHA-384("imprint v1 relay" ‖ challenge ‖ serial ‖ unit_certificate_hash)`.
+///
+/// The unit's fresh challenge stops replay in time, the module serial stops a
+/// signature being used to present another module, and the hash of the unit's
+/// certificate stops it being forwarded to another unit.
+pub fn relay_auth_digest(
+    challenge: &[u8; RELAY_CHALLENGE_LEN],
+    serial: &[u8; SERIAL_LEN],
+    unit_certificate_hash: &[u8; 48],
+) -> [u8; 48] {
+    let mut hash = Sha384::new();
+    hash.update(RELAY_AUTH_LABEL);
+    hash.update(challenge);
+    hash.update(serial);
+    hash.update(unit_certificate_hash);
+    hash.finalize().into()
+}
+
 /// What the host wants from the central system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
@@ -41,6 +87,10 @@ pub enum Purpose {
     Operate,
     /// Open a transaction session on the installed key set.
     Transact,
+    /// Personalize the module through a relay (claim 14): spoken to a
+    /// personalization unit's `imprint personalizer serve`, not to the
+    /// central system.
+    Personalize,
 }
 
 impl Purpose {
@@ -48,6 +98,7 @@ impl Purpose {
         match self {
             Self::Operate => 1,
             Self::Transact => 2,
+            Self::Personalize => 3,
         }
     }
 
@@ -55,6 +106,7 @@ impl Purpose {
         match code {
             1 => Some(Self::Operate),
             2 => Some(Self::Transact),
+            3 => Some(Self::Personalize),
             _ => None,
         }
     }
@@ -156,6 +208,28 @@ pub enum Frame {
     },
     /// Host → central: end of the transaction session.
     Close,
+    /// Unit → relay: prove who you are (remote personalization, claim 14).
+    RelayChallenge {
+        /// Fresh random bytes from the unit.
+        challenge: [u8; RELAY_CHALLENGE_LEN],
+        /// SHA-384 of the unit's certificate by the manufacturer (DER), so the
+        /// relay's signature names the unit it was made for.
+        unit_certificate_hash: [u8; 48],
+    },
+    /// Relay → unit: the relay's answer to [`Frame::RelayChallenge`].
+    RelayAuth {
+        /// The relay's P-384 public key, uncompressed SEC1 (97 bytes).
+        public_key: [u8; RELAY_PUBLIC_KEY_LEN],
+        /// ECDSA P-384 signature `r ‖ s` (96 bytes) over [`relay_auth_digest`].
+        signature: [u8; RELAY_SIGNATURE_LEN],
+    },
+    /// Unit → relay: the module committed its certificate; the run is over.
+    Personalized {
+        /// The unit's journal id of the certificate.
+        journal_id: u64,
+        /// The module certificate (DER), as journaled.
+        certificate: Vec<u8>,
+    },
     /// Central → host: the conversation failed; the connection closes.
     Error {
         /// Category.
@@ -192,6 +266,9 @@ mod kind {
     pub const DONE: u8 = 0x07;
     pub const CLOSE: u8 = 0x08;
     pub const ERROR: u8 = 0x09;
+    pub const RELAY_CHALLENGE: u8 = 0x0A;
+    pub const RELAY_AUTH: u8 = 0x0B;
+    pub const PERSONALIZED: u8 = 0x0C;
 }
 
 impl Frame {
@@ -207,6 +284,9 @@ impl Frame {
             Self::Done { .. } => "DONE",
             Self::Close => "CLOSE",
             Self::Error { .. } => "ERROR",
+            Self::RelayChallenge { .. } => "RELAY CHALLENGE",
+            Self::RelayAuth { .. } => "RELAY AUTH",
+            Self::Personalized { .. } => "PERSONALIZED",
         }
     }
 
@@ -246,6 +326,30 @@ impl Frame {
                 out.extend_from_slice(&expires.to_be_bytes());
             }
             Self::Close => out.push(kind::CLOSE),
+            Self::RelayChallenge {
+                challenge,
+                unit_certificate_hash,
+            } => {
+                out.push(kind::RELAY_CHALLENGE);
+                out.extend_from_slice(challenge);
+                out.extend_from_slice(unit_certificate_hash);
+            }
+            Self::RelayAuth {
+                public_key,
+                signature,
+            } => {
+                out.push(kind::RELAY_AUTH);
+                out.extend_from_slice(public_key);
+                out.extend_from_slice(signature);
+            }
+            Self::Personalized {
+                journal_id,
+                certificate,
+            } => {
+                out.push(kind::PERSONALIZED);
+                out.extend_from_slice(&journal_id.to_be_bytes());
+                out.extend_from_slice(certificate);
+            }
             Self::Error { code, reason } => {
                 out.push(kind::ERROR);
                 out.extend_from_slice(&code.code().to_be_bytes());
@@ -324,6 +428,46 @@ impl Frame {
                 })
             }
             kind::CLOSE => empty(Self::Close, "CLOSE"),
+            kind::RELAY_CHALLENGE => {
+                let body: &[u8; RELAY_CHALLENGE_LEN + 48] = body
+                    .try_into()
+                    .map_err(|_| FrameError::BadBody("RELAY CHALLENGE"))?;
+                let (challenge, hash) = body.split_at(RELAY_CHALLENGE_LEN);
+                Ok(Self::RelayChallenge {
+                    challenge: challenge
+                        .try_into()
+                        .map_err(|_| FrameError::BadBody("RELAY CHALLENGE"))?,
+                    unit_certificate_hash: hash
+                        .try_into()
+                        .map_err(|_| FrameError::BadBody("RELAY CHALLENGE"))?,
+                })
+            }
+            kind::RELAY_AUTH => {
+                let body: &[u8; RELAY_PUBLIC_KEY_LEN + RELAY_SIGNATURE_LEN] = body
+                    .try_into()
+                    .map_err(|_| FrameError::BadBody("RELAY AUTH"))?;
+                let (public_key, signature) = body.split_at(RELAY_PUBLIC_KEY_LEN);
+                Ok(Self::RelayAuth {
+                    public_key: public_key
+                        .try_into()
+                        .map_err(|_| FrameError::BadBody("RELAY AUTH"))?,
+                    signature: signature
+                        .try_into()
+                        .map_err(|_| FrameError::BadBody("RELAY AUTH"))?,
+                })
+            }
+            kind::PERSONALIZED => {
+                let (id, certificate) = body
+                    .split_first_chunk::<8>()
+                    .ok_or(FrameError::BadBody("PERSONALIZED"))?;
+                if certificate.is_empty() {
+                    return Err(FrameError::BadBody("PERSONALIZED"));
+                }
+                Ok(Self::Personalized {
+                    journal_id: u64::from_be_bytes(*id),
+                    certificate: certificate.to_vec(),
+                })
+            }
             kind::ERROR => {
                 let (code, reason) = body
                     .split_first_chunk::<2>()

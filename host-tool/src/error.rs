@@ -237,6 +237,9 @@ pub enum HostError {
     /// A journal export would have a field too long for its length prefix.
     #[error("the journal export would hold a field longer than its format allows")]
     ExportTooLarge,
+    /// A relay name or key is already registered with this unit.
+    #[error("relay {0:?} is already registered with this unit (same name or same key)")]
+    RelayAlreadyRegistered(String),
     /// The demo was asked for no modules.
     #[error("the demo needs at least one module")]
     NoModules,

@@ -27,6 +27,8 @@
 //! - [`pcsc`]: cards in PC/SC readers (the transport, reader listing and watching).
 //! - [`station`]: station mode, personalizing cards on several readers at once.
 //! - [`tan_prompt`]: reading a TAN at the terminal without echo (claim 13).
+//! - [`remote`]: the unit as a network service and the relay that presents
+//!   modules to it (claim 14), with the relays' registry in [`journal::relays`].
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +38,7 @@ mod error;
 pub mod journal;
 pub mod module;
 pub mod pcsc;
+pub mod remote;
 pub mod roles;
 pub mod station;
 pub mod tan_prompt;

@@ -13,6 +13,9 @@
 //!  imprint bench crypto | pcsc | station  (P-384 rates; round trips, personalizations and
 //!                                          station throughput through pcscd)
 //!  imprint readers;  imprint station ─▶ every card inserted into the readers, once each
+//!  imprint relay init ─▶ R/relay.{key,pub.pem} ─▶ imprint personalizer relay register | list
+//!  imprint personalizer serve ◀─TCP─ imprint relay --module|--reader (claim 14: the unit
+//!                                     personalizes a module through a relay, end to end)
 //! ```
 //!
 //! Module commands take `--module DIR` (a file-backed module in this process),
@@ -46,7 +49,7 @@ use imprint_host::roles::{self, Manufacturer, Personalizer};
 use imprint_host::station::{
     self, DEFAULT_POLL, PlainLog, StationConfig, StationObserver, TerminalProgress,
 };
-use imprint_host::{HostError, bench, demo, module, pcsc};
+use imprint_host::{HostError, bench, demo, module, pcsc, remote};
 
 use imprint_central::out;
 
@@ -72,6 +75,12 @@ Cards in PC/SC readers: `--reader NAME` instead of `--module DIR`.
   imprint manufacturer manufacture --dir M --reader \"Virtual PCD 00 00\"
   imprint personalize --personalizer P --reader \"Virtual PCD 00 00\"
   imprint station --personalizer P --count 10
+
+Through a relay (the unit as a network service, claim 14):
+  imprint relay init --dir R
+  imprint personalizer relay register --personalizer P --name phone-1 --public-key R/relay.pub.pem
+  imprint personalizer serve --personalizer P --listen 0.0.0.0:7400 --registered-relays-only
+  imprint relay --reader \"Virtual PCD 00 00\" --personalizer unit-host:7400 --relay-key R
 
 Every failure prints `error: <reason>` on standard error and exits with status 1.";
 
@@ -122,6 +131,12 @@ enum Command {
     /// sealed by the module, journaled by the central system, and answered by
     /// a receipt the module checks. Prints one line per receipt.
     Transact(TransactArgs),
+    /// Relay a personalization (claim 14): play the mobile appliance between
+    /// the module (--module or --reader) and a remote personalization unit
+    /// (--personalizer HOST:PORT). The relay authenticates with its own key
+    /// and forwards the end-to-end channel's APDUs, which it cannot read.
+    /// `imprint relay init --dir DIR` creates the relay's key.
+    Relay(RelayArgs),
     /// Inspect, reset or export a module.
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -445,6 +460,83 @@ enum PersonalizerCommand {
         /// Upper bound of the central-delivery certificate's lifetime in years.
         #[arg(long, default_value_t = roles::DEFAULT_DELIVERY_YEARS, value_parser = years())]
         years: u32,
+    },
+    /// Run the unit as a network service for modules behind relays (claim
+    /// 14): each connection presents one module (HELLO), the relay
+    /// authenticates with its key, the unit records which relay presented
+    /// which module and personalizes it end to end through the relay. Prints
+    /// `personalizer listening on ADDR`, then one line per connection.
+    Serve {
+        /// The unit's directory.
+        #[arg(long)]
+        personalizer: PathBuf,
+        /// Address to listen on (host:port; port 0 picks a free port).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: String,
+        /// Refuse relays not registered with `imprint personalizer relay register`.
+        #[arg(long)]
+        registered_relays_only: bool,
+        /// Connections served at once; more are refused as busy.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        max_connections: u64,
+        /// Seconds to wait for any frame from a relay.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
+    },
+    /// The relays this unit knows (claim 14).
+    #[command(subcommand)]
+    Relay(UnitRelayCommand),
+}
+
+#[derive(Subcommand)]
+enum UnitRelayCommand {
+    /// Register a relay's public key (from `imprint relay init`) under a name.
+    Register {
+        /// The unit's directory.
+        #[arg(long)]
+        personalizer: PathBuf,
+        /// The operator's name for the relay.
+        #[arg(long)]
+        name: String,
+        /// The relay's public key (relay.pub.pem).
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+    },
+    /// List the registered relays, then which relay presented which module.
+    List {
+        /// The unit's directory.
+        #[arg(long)]
+        personalizer: PathBuf,
+    },
+}
+
+/// Options of `relay`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct RelayArgs {
+    #[command(subcommand)]
+    command: Option<RelayCommand>,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The personalization unit's service (host:port of `imprint personalizer serve`).
+    #[arg(long, value_name = "HOST:PORT")]
+    personalizer: Option<String>,
+    /// The relay's key: its directory (from `imprint relay init`) or the key file.
+    #[arg(long, value_name = "DIR_OR_FILE")]
+    relay_key: Option<PathBuf>,
+    /// Seconds to wait for the unit.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum RelayCommand {
+    /// Create the relay's key (DIR/relay.key, mode 0600) and DIR/relay.pub.pem
+    /// for the unit's operator to register. Refuses to overwrite a key.
+    Init {
+        /// The relay's directory (created with mode 0700).
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -800,6 +892,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Personalize(args) => run_personalize(args),
         Command::Connect(args) => run_connect(args),
         Command::Transact(args) => run_transact(args),
+        Command::Relay(args) => run_relay(args),
         Command::Module(command) => run_module(command),
         Command::Journal(JournalCommand::List {
             personalizer,
@@ -995,7 +1088,132 @@ fn run_personalizer(command: PersonalizerCommand) -> anyhow::Result<()> {
             print_certificate("unit (by central):      ", &unit.cert_by_central);
             print_certificate("central delivery:       ", &unit.central_delivery);
         }
+        PersonalizerCommand::Serve {
+            personalizer,
+            listen,
+            registered_relays_only,
+            max_connections,
+            timeout,
+        } => {
+            let config = remote::ServeConfig {
+                unit_dir: personalizer.clone(),
+                registered_relays_only,
+                max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+                timeout: Duration::from_secs(timeout),
+            };
+            let server = remote::Server::bind(&listen, config).with_context(|| {
+                format!(
+                    "starting the personalization service of {}",
+                    personalizer.display()
+                )
+            })?;
+            out!("personalizer listening on {}", server.local_addr()?);
+            server.run(Arc::new(|log: &remote::ConnectionLog| {
+                let serial = log.serial.as_deref().unwrap_or("-");
+                let relay = log.relay.as_deref().unwrap_or("-");
+                match &log.result {
+                    Ok(id) => out!(
+                        "peer={} relay={relay} serial={serial} result=installed journal={id}",
+                        log.peer
+                    ),
+                    Err(reason) => out!(
+                        "peer={} relay={relay} serial={serial} result=failed reason={reason:?}",
+                        log.peer
+                    ),
+                }
+            }))?;
+        }
+        PersonalizerCommand::Relay(UnitRelayCommand::Register {
+            personalizer,
+            name,
+            public_key,
+        }) => {
+            let key = remote::read_relay_public_key(&public_key)?;
+            let mut journal = SqliteJournal::open(&roles::journal_path(&personalizer))?;
+            let relay = journal.register_relay(&name, &key)?;
+            out!(
+                "relay registered: {} (key sha384 {})",
+                relay.name,
+                relay.fingerprint
+            );
+        }
+        PersonalizerCommand::Relay(UnitRelayCommand::List { personalizer }) => {
+            let journal = SqliteJournal::open_existing(&roles::journal_path(&personalizer))?;
+            let relays = journal.relays()?;
+            out!("registered relays: {}", relays.len());
+            for relay in &relays {
+                out!(
+                    "relay {} key={} registered={}",
+                    relay.name,
+                    relay.fingerprint,
+                    display::utc(u64::try_from(relay.registered_at).unwrap_or_default())
+                );
+            }
+            let presentations = journal.presentations()?;
+            out!("presentations: {}", presentations.len());
+            for presentation in &presentations {
+                let relay = presentation
+                    .relay_name
+                    .clone()
+                    .unwrap_or_else(|| format!("unregistered:{}", presentation.relay_fingerprint));
+                let journal_id = presentation
+                    .journal_id
+                    .map_or_else(|| "-".to_owned(), |id| id.to_string());
+                out!(
+                    "serial={} relay={relay} journal={journal_id} at={} outcome={}",
+                    presentation.serial,
+                    display::utc(u64::try_from(presentation.presented_at).unwrap_or_default()),
+                    presentation.outcome
+                );
+            }
+        }
     }
+    Ok(())
+}
+
+fn run_relay(args: RelayArgs) -> anyhow::Result<()> {
+    if let Some(RelayCommand::Init { dir }) = args.command {
+        let public = remote::init_relay(&dir)
+            .with_context(|| format!("creating the relay key in {}", dir.display()))?;
+        out!("relay key:  {}", dir.join(remote::RELAY_KEY).display());
+        out!(
+            "public key: {}",
+            dir.join(remote::RELAY_PUBLIC_KEY).display()
+        );
+        out!("key sha384: {}", remote::key_fingerprint(&public));
+        out!("next: have the unit's operator run `imprint personalizer relay register`");
+        return Ok(());
+    }
+    let target = args.target;
+    let (Some(personalizer), Some(relay_key)) = (args.personalizer, args.relay_key) else {
+        bail!(
+            "relay needs --module DIR or --reader NAME, --personalizer HOST:PORT and --relay-key DIR_OR_FILE"
+        );
+    };
+    let key = remote::load_relay_key(&relay_key)
+        .with_context(|| format!("reading the relay key {}", relay_key.display()))?;
+    let target = Target::from(target);
+    let mut link = target.open(false, ConnectOptions::exclusive())?;
+    let timeout = Duration::from_secs(args.timeout);
+    let mut stream = imprint_central::client::connect(&personalizer, timeout)
+        .with_context(|| format!("connecting to the personalization unit at {personalizer}"))?;
+    let started = std::time::Instant::now();
+    let report =
+        remote::relay_personalization(&mut link, &mut stream, &key).with_context(|| {
+            format!("relaying {target} to the personalization unit at {personalizer}")
+        })?;
+    out!("serial:     {}", report.serial);
+    out!(
+        "relay key:  {}",
+        remote::key_fingerprint(key.verifying_key())
+    );
+    out!("commands:   {}", report.commands);
+    out!(
+        "time:       {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    out!("journal id: {} (at the unit)", report.journal_id);
+    print_certificate("module certificate: ", &report.certificate);
     Ok(())
 }
 

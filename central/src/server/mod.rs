@@ -372,6 +372,8 @@ async fn handle(service: &CentralService, connection: &mut Connection, peer: Soc
             match purpose {
                 Purpose::Operate => operate(service, connection, serial).await,
                 Purpose::Transact => transact(service, connection, serial).await,
+                // A personalization unit's business, not the central system's.
+                Purpose::Personalize => Err(Failure::Unexpected("HELLO (personalize)")),
             }
         }
         Ok(other) => Err(Failure::Unexpected(other.name())),

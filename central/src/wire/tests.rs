@@ -34,6 +34,22 @@ fn samples() -> Vec<Frame> {
             expires: 1_900_000_000,
         },
         Frame::Close,
+        Frame::Hello {
+            purpose: Purpose::Personalize,
+            serial: [0xA5; 8],
+        },
+        Frame::RelayChallenge {
+            challenge: [3; RELAY_CHALLENGE_LEN],
+            unit_certificate_hash: [4; 48],
+        },
+        Frame::RelayAuth {
+            public_key: [5; RELAY_PUBLIC_KEY_LEN],
+            signature: [6; RELAY_SIGNATURE_LEN],
+        },
+        Frame::Personalized {
+            journal_id: 42,
+            certificate: vec![0x30, 0x82, 0x01],
+        },
         Frame::Error {
             code: ErrorCode::Refused,
             reason: "module revoked".into(),
@@ -73,7 +89,7 @@ fn malformed_bodies_get_precise_errors() {
         Err(FrameError::UnsupportedVersion(2))
     );
     assert_eq!(
-        Frame::decode_payload(&[0x01, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0]),
+        Frame::decode_payload(&[0x01, 1, 4, 0, 0, 0, 0, 0, 0, 0, 0]),
         Err(FrameError::BadBody("HELLO"))
     );
     assert_eq!(
@@ -134,4 +150,52 @@ fn an_error_reason_is_cut_to_fit() {
         panic!("error frame does not decode");
     };
     assert!(reason.chars().all(|c| c == 'é'));
+}
+
+#[test]
+fn relay_frames_have_exact_lengths() {
+    assert_eq!(
+        Frame::decode_payload(&[0x0A; 80]),
+        Err(FrameError::BadBody("RELAY CHALLENGE"))
+    );
+    assert_eq!(
+        Frame::decode_payload(&[0x0A; 82]),
+        Err(FrameError::BadBody("RELAY CHALLENGE"))
+    );
+    assert_eq!(
+        Frame::decode_payload(&[0x0B; 1 + 97 + 95]),
+        Err(FrameError::BadBody("RELAY AUTH"))
+    );
+    assert_eq!(
+        Frame::decode_payload(&[0x0B; 1 + 97 + 97]),
+        Err(FrameError::BadBody("RELAY AUTH"))
+    );
+    // A journal id with no certificate is not a result.
+    assert_eq!(
+        Frame::decode_payload(&[0x0C, 0, 0, 0, 0, 0, 0, 0, 1]),
+        Err(FrameError::BadBody("PERSONALIZED"))
+    );
+    assert_eq!(
+        Frame::decode_payload(&[0x0C, 0, 1]),
+        Err(FrameError::BadBody("PERSONALIZED"))
+    );
+}
+
+#[test]
+fn the_relay_digest_binds_challenge_serial_and_unit() {
+    use sha2::{Digest, Sha384};
+    let challenge = [1u8; RELAY_CHALLENGE_LEN];
+    let serial = [2u8; SERIAL_LEN];
+    let unit = [3u8; 48];
+    let mut expected = Vec::new();
+    expected.extend_from_slice(b"imprint v1 relay");
+    expected.extend_from_slice(&challenge);
+    expected.extend_from_slice(&serial);
+    expected.extend_from_slice(&unit);
+    let digest = relay_auth_digest(&challenge, &serial, &unit);
+    assert_eq!(digest[..], Sha384::digest(&expected)[..]);
+    // Each input changes the digest.
+    assert_ne!(relay_auth_digest(&[9; 32], &serial, &unit), digest);
+    assert_ne!(relay_auth_digest(&challenge, &[9; 8], &unit), digest);
+    assert_ne!(relay_auth_digest(&challenge, &serial, &[9; 48]), digest);
 }

@@ -39,6 +39,7 @@ use zeroize::Zeroizing;
 
 use crate::HostError;
 
+pub mod relays;
 #[cfg(test)]
 mod tests;
 pub mod transfer;
@@ -95,6 +96,29 @@ const MIGRATIONS: &[&str] = &[
         serial   TEXT PRIMARY KEY,
         failures INTEGER NOT NULL DEFAULT 0
     );",
+    // Version 4, remote personalization through a relay (claim 14): the
+    // relays registered with this unit (their public keys), and which relay
+    // presented which module, so the module is identified indirectly through
+    // the relay. A presentation by an unregistered relay keeps its key's
+    // fingerprint with no name.
+    "CREATE TABLE relays (
+        id            INTEGER PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        fingerprint   TEXT NOT NULL UNIQUE,
+        public_key    BLOB NOT NULL,
+        registered_at INTEGER NOT NULL
+    );
+    CREATE TABLE relay_presentations (
+        id                INTEGER PRIMARY KEY,
+        serial            TEXT NOT NULL,
+        relay_fingerprint TEXT NOT NULL,
+        relay_id          INTEGER REFERENCES relays (id),
+        journal_id        INTEGER REFERENCES issuance (id),
+        outcome           TEXT NOT NULL,
+        presented_at      INTEGER NOT NULL,
+        updated_at        INTEGER NOT NULL
+    );
+    CREATE INDEX relay_presentations_serial ON relay_presentations (serial);",
 ];
 
 /// The schema version this tool writes.

@@ -1,0 +1,653 @@
+//! Remote personalization through a relay (claim 14): the unit as a network
+//! service, and the relay (the "mobile appliance") between it and a module.
+//!
+//! ```text
+//!  module ◀─local─▶ relay (imprint relay)  ◀──TCP, wire frames──▶ unit (imprint personalizer serve)
+//!     SELECT ──────▶ serial
+//!                   HELLO (personalize, serial) ────────────────▶
+//!                   ◀──────────── RELAY CHALLENGE (c, SHA-384(unit cert by M))
+//!                   RELAY AUTH (relay key, sig) ────────────────▶ verify, registry, presentation row
+//!     ◀── APDUs ──  ◀──────────── COMMAND / RESPONSE ──────────▶ personalize() over FrameTransport
+//!                   ◀──────────── PERSONALIZED (journal id, certificate) or ERROR
+//! ```
+//!
+//! The relay signs `SHA-384("imprint v1 relay" ‖ c ‖ serial ‖ SHA-384(unit
+//! certificate by the manufacturer))` ([`relay_auth_digest`]), so the unit
+//! learns which registered relay presents which module: the module is
+//! identified indirectly, through the relay. The personalization channel
+//! itself stays end to end between unit and module: the relay forwards
+//! secured APDUs it cannot read, and any change it makes is detected by the
+//! module's or the unit's MAC and counter checks.
+//!
+//! Claim 15 (a direct connection set up through the relay) is not
+//! implemented: every APDU of the run goes through the relay.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use imprint_apdu::host::personalize::SelectInfo;
+use imprint_apdu::host::transport::{CardLink, Transport, TransportError};
+use imprint_apdu::host::{
+    IssuanceJournal, IssuedCertificate, JournalError, PersonalizationOptions, PersonalizeError,
+    UnitCredentials, personalize,
+};
+use imprint_apdu::iso::{Command, sw};
+use imprint_apdu::pki::{self, Certificate};
+use imprint_apdu::proto::{self, ins};
+use imprint_central::client::{self, ClientError};
+use imprint_central::keyfile::{self, KeyFileError, Overwrite};
+use imprint_central::wire::{
+    ErrorCode, Frame, FrameError, Purpose, RELAY_CHALLENGE_LEN, RELAY_PUBLIC_KEY_LEN, WireError,
+    read_frame, relay_auth_digest, write_frame,
+};
+use p384::ecdsa::signature::hazmat::{PrehashVerifier, RandomizedPrehashSigner};
+use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
+use p384::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+use sha2::{Digest, Sha384};
+
+use crate::HostError;
+use crate::journal::SqliteJournal;
+use crate::journal::relays::relay_fingerprint;
+use crate::roles::{self, Personalizer};
+
+#[cfg(test)]
+mod tests;
+
+/// The relay's private key file in its directory.
+pub const RELAY_KEY: &str = "relay.key";
+
+/// The relay's public key file in its directory, for the unit's operator.
+pub const RELAY_PUBLIC_KEY: &str = "relay.pub.pem";
+
+/// Default time either side waits for the other.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failure of remote personalization, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The unit's directory, journal or relay registry failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// A key file could not be read or written.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    /// The peer's connection failed or sent a malformed frame.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Relaying between the module and the unit failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The personalization failed (on the unit's side).
+    #[error(transparent)]
+    Personalize(#[from] PersonalizeError),
+    /// The unit ended the conversation with an ERROR frame.
+    #[error("the personalization unit refused ({code}): {reason}")]
+    Refused {
+        /// Category.
+        code: ErrorCode,
+        /// Its reason.
+        reason: String,
+    },
+    /// A frame that does not fit the conversation.
+    #[error("unexpected {0} frame")]
+    Unexpected(&'static str),
+    /// HELLO named another purpose than personalization.
+    #[error("this personalization unit only personalizes (HELLO named another purpose)")]
+    WrongPurpose,
+    /// The module does not answer SELECT with the Imprint applet and a serial.
+    #[error("not an Imprint module, or not manufactured yet (SELECT status {0:04X})")]
+    NotImprint(u16),
+    /// A relay public key file that is not a P-384 public key.
+    #[error("{path} is not a PEM P-384 public key", path = .0.display())]
+    BadPublicKey(PathBuf),
+    /// The relay's public key is not a valid P-384 point.
+    #[error("the relay's public key is not a valid P-384 point")]
+    InvalidRelayKey,
+    /// The relay's signature does not verify over this challenge, serial and unit.
+    #[error("the relay's signature does not verify for this unit, challenge and module serial")]
+    RelaySignature,
+    /// The relay is not registered and the unit accepts registered relays only.
+    #[error("relay {0} is not registered with this unit")]
+    UnregisteredRelay(String),
+    /// The module behind the relay is not the one named in HELLO.
+    #[error("the module's serial differs from the serial its relay presented in HELLO")]
+    SerialMismatch,
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {address}")]
+    Listen {
+        /// The address asked for.
+        address: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The operating system's random generator failed.
+    #[error("the operating system random generator failed")]
+    Random,
+}
+
+impl RemoteError {
+    /// The ERROR frame code the unit sends for this failure.
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::Wire(WireError::Io(err)) if is_timeout(err) => ErrorCode::Timeout,
+            Self::Wire(_) | Self::Unexpected(_) | Self::WrongPurpose => ErrorCode::Malformed,
+            Self::InvalidRelayKey
+            | Self::RelaySignature
+            | Self::UnregisteredRelay(_)
+            | Self::SerialMismatch => ErrorCode::Refused,
+            Self::Personalize(PersonalizeError::Transport(TransportError::Io(err)))
+                if is_timeout(err) =>
+            {
+                ErrorCode::Timeout
+            }
+            Self::Personalize(_) => ErrorCode::ModuleError,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+// ---------------------------------------------------------------------------
+// The relay's credential.
+
+/// Creates a relay key in `dir` (created 0700): `relay.key` (PKCS#8 PEM,
+/// 0600) and `relay.pub.pem` (the public key for the unit's operator to
+/// register). Refuses to overwrite a key. Returns the public key.
+pub fn init_relay(dir: &Path) -> Result<VerifyingKey, RemoteError> {
+    keyfile::create_private_dir(dir)?;
+    let key = keyfile::generate_signing_key()?;
+    keyfile::write_signing_key(&dir.join(RELAY_KEY), &key)?;
+    let public = *key.verifying_key();
+    let pem = public
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|_| RemoteError::InvalidRelayKey)?;
+    keyfile::write_atomic(
+        &dir.join(RELAY_PUBLIC_KEY),
+        pem.as_bytes(),
+        keyfile::PUBLIC_FILE_MODE,
+        Overwrite::Replace,
+    )?;
+    Ok(public)
+}
+
+/// Reads the relay's key from its directory (`DIR/relay.key`) or from the key file itself.
+pub fn load_relay_key(dir_or_file: &Path) -> Result<SigningKey, RemoteError> {
+    let path = if dir_or_file.is_dir() {
+        dir_or_file.join(RELAY_KEY)
+    } else {
+        dir_or_file.to_path_buf()
+    };
+    Ok(keyfile::read_signing_key(&path)?)
+}
+
+/// Reads a relay's public key (`relay.pub.pem`, SubjectPublicKeyInfo PEM).
+pub fn read_relay_public_key(path: &Path) -> Result<p384::PublicKey, RemoteError> {
+    let text = keyfile::read_text(path)?;
+    p384::PublicKey::from_public_key_pem(&text)
+        .map_err(|_| RemoteError::BadPublicKey(path.to_path_buf()))
+}
+
+/// The fingerprint of a relay key, as the unit records it.
+pub fn key_fingerprint(key: &VerifyingKey) -> String {
+    relay_fingerprint(key.to_sec1_point(false).as_bytes())
+}
+
+// ---------------------------------------------------------------------------
+// The unit's side.
+
+/// How `imprint personalizer serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The unit's directory (credentials and journal).
+    pub unit_dir: PathBuf,
+    /// Refuse relays not registered with `imprint personalizer relay register`.
+    pub registered_relays_only: bool,
+    /// Connections served at once; more are answered with ERROR (busy).
+    pub max_connections: usize,
+    /// How long the unit waits for any frame.
+    pub timeout: Duration,
+}
+
+/// How one connection ended, for the unit's log.
+#[derive(Debug, Clone)]
+pub struct ConnectionLog {
+    /// The peer.
+    pub peer: SocketAddr,
+    /// The serial the relay presented, once known.
+    pub serial: Option<String>,
+    /// The relay: its registered name, or `unregistered:<fingerprint>`.
+    pub relay: Option<String>,
+    /// `Ok(journal id)` when the module committed its certificate.
+    pub result: Result<i64, String>,
+}
+
+/// A bound personalization service.
+pub struct Server {
+    listener: TcpListener,
+    config: ServeConfig,
+    unit: Arc<UnitCredentials>,
+    active: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// Opens the unit in `config.unit_dir` and its journal (migrating it), and
+    /// binds `address` (port 0: any free port).
+    pub fn bind(address: &str, config: ServeConfig) -> Result<Self, RemoteError> {
+        let unit = Personalizer::open(&config.unit_dir)?;
+        // Open once now so a broken journal fails at start, not per connection.
+        SqliteJournal::open(&roles::journal_path(&config.unit_dir))?;
+        let listener = TcpListener::bind(address).map_err(|source| RemoteError::Listen {
+            address: address.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            config,
+            unit: Arc::new(unit),
+            active: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> Result<SocketAddr, RemoteError> {
+        self.listener
+            .local_addr()
+            .map_err(|source| RemoteError::Listen {
+                address: "the bound socket".into(),
+                source,
+            })
+    }
+
+    /// Serves connections forever, one thread each (the personalization flow
+    /// is synchronous); `log` is called once per finished connection.
+    pub fn run(self, log: Arc<dyn Fn(&ConnectionLog) + Send + Sync>) -> Result<(), RemoteError> {
+        for stream in self.listener.incoming() {
+            let Ok(mut stream) = stream else {
+                // A connection that failed before accept completed concerns nobody else.
+                continue;
+            };
+            let previous = self.active.fetch_add(1, Ordering::SeqCst);
+            if previous >= self.config.max_connections {
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                let _ = stream.set_write_timeout(Some(self.config.timeout));
+                let _ = write_frame(
+                    &mut stream,
+                    &Frame::Error {
+                        code: ErrorCode::Busy,
+                        reason: "the personalization unit is at its connection limit".into(),
+                    },
+                );
+                continue;
+            }
+            let unit = Arc::clone(&self.unit);
+            let config = self.config.clone();
+            let active = Arc::clone(&self.active);
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let entry = serve_connection(stream, &unit, &config);
+                active.fetch_sub(1, Ordering::SeqCst);
+                log(&entry);
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Serves one relay connection to the end and says how it went. Failures
+/// are answered with an ERROR frame (best effort: the peer may be gone).
+pub fn serve_connection(
+    mut stream: TcpStream,
+    unit: &UnitCredentials,
+    config: &ServeConfig,
+) -> ConnectionLog {
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut log = ConnectionLog {
+        peer,
+        serial: None,
+        relay: None,
+        result: Err(String::new()),
+    };
+    let result = run_connection(&mut stream, unit, config, &mut log);
+    log.result = match result {
+        Ok(id) => Ok(id),
+        Err(err) => {
+            let reason = error_chain(&err);
+            let _ = write_frame(
+                &mut stream,
+                &Frame::Error {
+                    code: err.code(),
+                    reason: reason.clone(),
+                },
+            );
+            Err(reason)
+        }
+    };
+    log
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn run_connection(
+    stream: &mut TcpStream,
+    unit: &UnitCredentials,
+    config: &ServeConfig,
+    log: &mut ConnectionLog,
+) -> Result<i64, RemoteError> {
+    stream
+        .set_read_timeout(Some(config.timeout))
+        .map_err(WireError::Io)?;
+    stream
+        .set_write_timeout(Some(config.timeout))
+        .map_err(WireError::Io)?;
+    stream.set_nodelay(true).map_err(WireError::Io)?;
+    let serial = match read_frame(stream)? {
+        Frame::Hello {
+            purpose: Purpose::Personalize,
+            serial,
+        } => serial,
+        Frame::Hello { .. } => return Err(RemoteError::WrongPurpose),
+        other => return Err(RemoteError::Unexpected(other.name())),
+    };
+    let serial_hex = pki::serial_hex(&serial);
+    log.serial = Some(serial_hex.clone());
+
+    // The relay's authentication: a fresh challenge, bound to this unit and
+    // to the module serial of the HELLO.
+    let mut challenge = [0u8; RELAY_CHALLENGE_LEN];
+    getrandom::fill(&mut challenge).map_err(|_| RemoteError::Random)?;
+    let unit_certificate_hash: [u8; 48] = Sha384::digest(unit.cert_by_manufacturer.der()).into();
+    write_frame(
+        stream,
+        &Frame::RelayChallenge {
+            challenge,
+            unit_certificate_hash,
+        },
+    )?;
+    let (public_key, signature) = match read_frame(stream)? {
+        Frame::RelayAuth {
+            public_key,
+            signature,
+        } => (public_key, signature),
+        other => return Err(RemoteError::Unexpected(other.name())),
+    };
+    // from_sec1_bytes validates the point (on the curve, not the identity).
+    let relay_key =
+        VerifyingKey::from_sec1_bytes(&public_key).map_err(|_| RemoteError::InvalidRelayKey)?;
+    let signature = Signature::from_slice(&signature).map_err(|_| RemoteError::RelaySignature)?;
+    let digest = relay_auth_digest(&challenge, &serial, &unit_certificate_hash);
+    relay_key
+        .verify_prehash(&digest, &signature)
+        .map_err(|_| RemoteError::RelaySignature)?;
+    let fingerprint = relay_fingerprint(&public_key);
+
+    let mut journal = SqliteJournal::open(&roles::journal_path(&config.unit_dir))?;
+    let registered = journal.relay_by_fingerprint(&fingerprint)?;
+    log.relay = Some(match &registered {
+        Some(relay) => relay.name.clone(),
+        None => format!("unregistered:{fingerprint}"),
+    });
+    if registered.is_none() && config.registered_relays_only {
+        return Err(RemoteError::UnregisteredRelay(fingerprint));
+    }
+    let presentation =
+        journal.record_presentation(&serial_hex, &fingerprint, registered.map(|r| r.id))?;
+
+    let mut variation = vec![0u8; 32];
+    getrandom::fill(&mut variation).map_err(|_| RemoteError::Random)?;
+    let options = PersonalizationOptions {
+        variation,
+        ..PersonalizationOptions::default()
+    };
+    let mut link = CardLink::new(FrameTransport::new(stream, serial));
+    let mut presenting = PresentingJournal {
+        journal: &mut journal,
+        presentation,
+    };
+    let result = personalize(&mut link, &mut presenting, unit, options);
+    let serial_mismatch = link.transport_mut().serial_mismatch;
+    let result = match result {
+        Err(_) if serial_mismatch => Err(RemoteError::SerialMismatch),
+        other => other.map_err(RemoteError::from),
+    };
+    match result {
+        Ok(report) => {
+            journal.finish_presentation(presentation, "installed")?;
+            write_frame(
+                stream,
+                &Frame::Personalized {
+                    journal_id: u64::try_from(report.journal_id).unwrap_or_default(),
+                    certificate: report.certificate.der().to_vec(),
+                },
+            )?;
+            Ok(report.journal_id)
+        }
+        Err(err) => {
+            journal.finish_presentation(presentation, &format!("failed: {err}"))?;
+            Err(err)
+        }
+    }
+}
+
+/// The journal of a relayed run: the issuance journal, plus the link from
+/// the relay presentation to the journal entry.
+struct PresentingJournal<'a> {
+    journal: &'a mut SqliteJournal,
+    presentation: i64,
+}
+
+impl IssuanceJournal for PresentingJournal<'_> {
+    fn record_issued(&mut self, issued: &IssuedCertificate) -> Result<i64, JournalError> {
+        let id = self.journal.record_issued(issued)?;
+        self.journal
+            .set_presentation_journal_id(self.presentation, id)
+            .map_err(|err| JournalError(Box::new(err)))?;
+        Ok(id)
+    }
+
+    fn mark_installed(&mut self, id: i64) -> Result<(), JournalError> {
+        self.journal.mark_installed(id)
+    }
+
+    fn mark_failed(&mut self, id: i64, reason: &str) -> Result<(), JournalError> {
+        self.journal.mark_failed(id, reason)
+    }
+}
+
+/// The unit's [`Transport`] to a module behind a relay: each command APDU
+/// goes out as a COMMAND frame (header and data field), each RESPONSE frame
+/// comes back as the response APDU. The relay does chaining and GET RESPONSE
+/// with the module, so this transport takes extended lengths.
+pub struct FrameTransport<'a> {
+    stream: &'a mut TcpStream,
+    expected_serial: [u8; pki::SERIAL_LEN],
+    exchanges: u32,
+    serial_mismatch: bool,
+}
+
+impl<'a> FrameTransport<'a> {
+    /// A transport over `stream` to the module the relay presented as `serial`.
+    pub fn new(stream: &'a mut TcpStream, serial: [u8; pki::SERIAL_LEN]) -> Self {
+        Self {
+            stream,
+            expected_serial: serial,
+            exchanges: 0,
+            serial_mismatch: false,
+        }
+    }
+}
+
+fn wire_to_transport(err: WireError) -> TransportError {
+    match err {
+        WireError::Io(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+            TransportError::Disconnected
+        }
+        WireError::Io(err) => TransportError::Io(err),
+        WireError::Frame(err) => {
+            TransportError::Io(io::Error::new(io::ErrorKind::InvalidData, err))
+        }
+    }
+}
+
+impl Transport for FrameTransport<'_> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let parsed =
+            Command::parse(command).map_err(|_| TransportError::TooLarge(command.len()))?;
+        write_frame(
+            self.stream,
+            &Frame::Command {
+                header: [parsed.cla, parsed.ins, parsed.p1, parsed.p2],
+                data: parsed.data.to_vec(),
+            },
+        )
+        .map_err(wire_to_transport)?;
+        let (data, status) = match read_frame(self.stream).map_err(wire_to_transport)? {
+            Frame::Response { data, sw } => (data, sw),
+            other => {
+                return Err(TransportError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    FrameError::BadBody(other.name()),
+                )));
+            }
+        };
+        self.exchanges = self.exchanges.saturating_add(1);
+        // The first exchange is SELECT: the serial it reports is the one the
+        // handshake then authenticates (the identity certificate must name
+        // it), so checking it here binds the relay's HELLO to the module.
+        if self.exchanges == 1 && parsed.ins == ins::SELECT {
+            let reported = (status == sw::OK)
+                .then(|| SelectInfo::parse(&data))
+                .flatten()
+                .and_then(|info| info.serial);
+            if reported.is_some_and(|serial| serial != self.expected_serial) {
+                self.serial_mismatch = true;
+                return Err(TransportError::Disconnected);
+            }
+        }
+        let mut bytes = data;
+        bytes.extend_from_slice(&status.to_be_bytes());
+        Ok(bytes)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The relay's side.
+
+/// What a relayed personalization did, as the relay saw it.
+#[derive(Debug, Clone)]
+pub struct RelayReport {
+    /// The module serial.
+    pub serial: String,
+    /// The unit's journal id of the installed certificate.
+    pub journal_id: u64,
+    /// The module certificate the unit reports.
+    pub certificate: Certificate,
+    /// Logical commands relayed to the module, SELECT included.
+    pub commands: u32,
+}
+
+/// SELECT: the module's serial (it must be manufactured).
+pub fn select_serial<T: Transport>(
+    link: &mut CardLink<T>,
+) -> Result<[u8; pki::SERIAL_LEN], RemoteError> {
+    let response = link
+        .send([0x00, ins::SELECT, 0x04, 0x00], &proto::AID)
+        .map_err(ClientError::from)?;
+    (response.sw == sw::OK)
+        .then(|| SelectInfo::parse(&response.data))
+        .flatten()
+        .and_then(|info| info.serial)
+        .ok_or(RemoteError::NotImprint(response.sw))
+}
+
+/// The relay's authentication, after HELLO: answers the unit's challenge
+/// with `key`'s signature over [`relay_auth_digest`].
+pub fn authenticate_relay(
+    stream: &mut TcpStream,
+    key: &SigningKey,
+    serial: &[u8; pki::SERIAL_LEN],
+) -> Result<(), RemoteError> {
+    let (challenge, unit_certificate_hash) = match read_frame(stream)? {
+        Frame::RelayChallenge {
+            challenge,
+            unit_certificate_hash,
+        } => (challenge, unit_certificate_hash),
+        Frame::Error { code, reason } => return Err(RemoteError::Refused { code, reason }),
+        other => return Err(RemoteError::Unexpected(other.name())),
+    };
+    let digest = relay_auth_digest(&challenge, serial, &unit_certificate_hash);
+    let signature: Signature = key
+        .sign_prehash_with_rng(&mut getrandom::SysRng, &digest)
+        .map_err(|_| RemoteError::Random)?;
+    let mut public_key = [0u8; RELAY_PUBLIC_KEY_LEN];
+    public_key.copy_from_slice(key.verifying_key().to_sec1_point(false).as_bytes());
+    write_frame(
+        stream,
+        &Frame::RelayAuth {
+            public_key,
+            signature: signature.to_bytes().into(),
+        },
+    )?;
+    Ok(())
+}
+
+/// Plays the mobile appliance (claim 14): selects the module behind `link`
+/// for its serial, presents it to the unit on `stream` under the relay's
+/// `key`, then forwards the unit's commands and the module's responses until
+/// the unit reports the result. The relay holds no channel key: every
+/// secured APDU is opaque to it.
+pub fn relay_personalization<T: Transport>(
+    link: &mut CardLink<T>,
+    stream: &mut TcpStream,
+    key: &SigningKey,
+) -> Result<RelayReport, RemoteError> {
+    let before = link.command_count();
+    let serial = select_serial(link)?;
+    write_frame(
+        stream,
+        &Frame::Hello {
+            purpose: Purpose::Personalize,
+            serial,
+        },
+    )?;
+    authenticate_relay(stream, key, &serial)?;
+    match client::relay(link, stream) {
+        Ok(Frame::Personalized {
+            journal_id,
+            certificate,
+        }) => Ok(RelayReport {
+            serial: pki::serial_hex(&serial),
+            journal_id,
+            certificate: Certificate::from_der(&certificate)
+                .map_err(|_| RemoteError::Unexpected("PERSONALIZED (certificate)"))?,
+            commands: link.command_count() - before,
+        }),
+        Ok(other) => Err(RemoteError::Unexpected(other.name())),
+        Err(ClientError::Central { code, reason }) => Err(RemoteError::Refused { code, reason }),
+        Err(err) => Err(err.into()),
+    }
+}

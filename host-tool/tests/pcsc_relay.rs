@@ -1,0 +1,203 @@
+//! Claim 14 through the real PC/SC stack: the module is `imprint-card` in a
+//! vpcd reader of the machine's `pcscd`, the unit a real `imprint
+//! personalizer serve` on loopback, and the relay `imprint relay --reader`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use imprint_apdu::Lifecycle;
+use imprint_apdu::host::manufacture::manufacture;
+use imprint_apdu::host::status::read_status;
+use imprint_apdu::pki::verify_issued_by;
+use imprint_host::roles::{Manufacturer, Personalizer};
+use imprint_host::{demo, pcsc::PcscTransport};
+use imprint_tests::claims::Harness;
+
+mod common;
+use common::*;
+
+fn imprint(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imprint"))
+        .args(args)
+        .output()
+        .expect("imprint")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `imprint personalizer serve`, stopped when dropped.
+struct Service {
+    child: Child,
+    address: String,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Service {
+    fn start(unit: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imprint"))
+            .args(["personalizer", "serve", "--personalizer"])
+            .arg(unit)
+            .args(["--listen", "127.0.0.1:0", "--registered-relays-only"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("imprint personalizer serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("first line");
+        // Keep reading: the service logs one line per connection, and a
+        // closed standard output would end it.
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let address = line
+            .trim()
+            .strip_prefix("personalizer listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            address,
+            lines,
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn claim14_mobile_appliance_relays_and_identifies_the_module_indirectly_over_pcscd() {
+    let Some(mut harness) = PcscHarness::new(false) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let world = tmp.path().join("world");
+    demo::run_demo(&world, 1).expect("the three roles");
+    let unit_dir = world.join("personalizer");
+    let manufacturer = Manufacturer::open(&world.join("manufacturer")).expect("manufacturer");
+
+    // The card: manufactured, then released for the relay to open.
+    let (mut link, _) = harness.blank_module();
+    let made = manufacture(&mut link, manufacturer.credentials(), 20).expect("manufacture");
+    drop(link);
+    let reader = harness.reader_name().to_owned();
+
+    // The relay's credential, registered with the unit.
+    let relay_dir = tmp.path().join("phone");
+    let stranger_dir = tmp.path().join("stranger");
+    for dir in [&relay_dir, &stranger_dir] {
+        let output = imprint(&["relay", "init", "--dir", &dir.display().to_string()]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+    }
+    let unit_arg = unit_dir.display().to_string();
+    let output = imprint(&[
+        "personalizer",
+        "relay",
+        "register",
+        "--personalizer",
+        &unit_arg,
+        "--name",
+        "phone",
+        "--public-key",
+        &relay_dir.join("relay.pub.pem").display().to_string(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+
+    let service = Service::start(&unit_dir);
+
+    // An unregistered relay is refused; the card is untouched.
+    let refused = imprint(&[
+        "relay",
+        "--reader",
+        &reader,
+        "--personalizer",
+        &service.address,
+        "--relay-key",
+        &stranger_dir.display().to_string(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("not registered"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    // The registered relay: the card ends OPERATING with the unit's certificate.
+    let relayed = imprint(&[
+        "relay",
+        "--reader",
+        &reader,
+        "--personalizer",
+        &service.address,
+        "--relay-key",
+        &relay_dir.display().to_string(),
+    ]);
+    let stdout = text(&relayed.stdout);
+    assert!(
+        relayed.status.success(),
+        "{stdout}{}",
+        text(&relayed.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("serial:     {}", made.serial)),
+        "{stdout}"
+    );
+
+    let transport = PcscTransport::open(&reader, imprint_host::pcsc::ConnectOptions::exclusive())
+        .expect("reader");
+    let mut link = imprint_apdu::host::CardLink::new(transport);
+    let status = read_status(&mut link).expect("status");
+    drop(link);
+    assert_eq!(status.info.lifecycle, Lifecycle::Operating);
+    let unit = Personalizer::open(&unit_dir).expect("unit");
+    verify_issued_by(
+        &status.module_cert.expect("module certificate"),
+        &unit.cert_by_central,
+        0,
+    )
+    .expect("issued by the unit");
+
+    // The unit recorded which relay presented which module.
+    let list = imprint(&["personalizer", "relay", "list", "--personalizer", &unit_arg]);
+    let listing = text(&list.stdout);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    assert!(listing.contains("relay phone key="), "{listing}");
+    let row = listing
+        .lines()
+        .find(|line| line.starts_with(&format!("serial={} relay=phone ", made.serial)))
+        .unwrap_or_else(|| panic!("no presentation by phone: {listing}"));
+    assert!(row.ends_with("outcome=installed"), "{row}");
+    assert!(!row.contains("journal=-"), "{row}");
+
+    // The service logged both connections.
+    let logged: Vec<String> = (0..2)
+        .map(|_| {
+            service
+                .lines
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("a log line")
+        })
+        .collect();
+    assert!(
+        logged[0].contains("result=failed") && logged[0].contains("relay=unregistered:"),
+        "{logged:?}"
+    );
+    assert!(
+        logged[1].contains("relay=phone")
+            && logged[1].contains(&format!("serial={}", made.serial))
+            && logged[1].contains("result=installed"),
+        "{logged:?}"
+    );
+}

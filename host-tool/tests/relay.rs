@@ -1,0 +1,580 @@
+//! Remote personalization through a relay (claim 14): the unit as a network
+//! service (`remote::Server`), a relay with its own registered key, and
+//! misbehaving relays built from the same library pieces.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+use imprint_apdu::host::manufacture::manufacture;
+use imprint_apdu::host::transport::{Transport, TransportError};
+use imprint_apdu::host::{CardLink, UnitCredentials};
+use imprint_apdu::iso::CLA_SM;
+use imprint_apdu::pki::verify_issued_by;
+use imprint_apdu::proto::{Lifecycle, ins};
+use imprint_central::client;
+use imprint_central::wire::{self, ErrorCode, Frame, Purpose};
+use imprint_host::journal::{IssuanceStatus, SqliteJournal};
+use imprint_host::remote::{self, ConnectionLog, RemoteError, ServeConfig, Server};
+use imprint_host::roles::{self, Manufacturer, Personalizer};
+use imprint_host::{demo, module};
+use p384::ecdsa::SigningKey;
+use p384::ecdsa::signature::hazmat::RandomizedPrehashSigner;
+
+struct World {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    unit_dir: PathBuf,
+    unit: UnitCredentials,
+    manufacturer: Manufacturer,
+    next_module: usize,
+}
+
+impl World {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        // The demo builds the three roles (and personalizes one module locally).
+        demo::run_demo(&dir.join("world"), 1).expect("demo world");
+        let unit_dir = dir.join("world").join("personalizer");
+        let unit = Personalizer::open(&unit_dir).expect("unit");
+        let manufacturer =
+            Manufacturer::open(&dir.join("world").join("manufacturer")).expect("manufacturer");
+        Self {
+            _tmp: tmp,
+            dir,
+            unit_dir,
+            unit,
+            manufacturer,
+            next_module: 0,
+        }
+    }
+
+    /// A freshly manufactured module; returns its directory and serial.
+    fn module(&mut self) -> (PathBuf, String) {
+        self.next_module += 1;
+        let dir = self.dir.join(format!("module-{}", self.next_module));
+        let mut link = module::open(&dir, true).expect("module");
+        let made =
+            manufacture(&mut link, self.manufacturer.credentials(), 20).expect("manufacture");
+        (dir, made.serial)
+    }
+
+    fn relay_key(&self, name: &str, register: bool) -> SigningKey {
+        let dir = self.dir.join(format!("relay-{name}"));
+        remote::init_relay(&dir).expect("relay init");
+        if register {
+            let public =
+                remote::read_relay_public_key(&dir.join(remote::RELAY_PUBLIC_KEY)).expect("pub");
+            self.journal()
+                .register_relay(name, &public)
+                .expect("register");
+        }
+        remote::load_relay_key(&dir).expect("relay key")
+    }
+
+    fn journal(&self) -> SqliteJournal {
+        SqliteJournal::open(&roles::journal_path(&self.unit_dir)).expect("journal")
+    }
+
+    fn serve(&self, registered_relays_only: bool) -> (SocketAddr, Receiver<ConnectionLog>) {
+        self.serve_with(registered_relays_only, 4, Duration::from_secs(10))
+    }
+
+    fn serve_with(
+        &self,
+        registered_relays_only: bool,
+        max_connections: usize,
+        timeout: Duration,
+    ) -> (SocketAddr, Receiver<ConnectionLog>) {
+        let server = Server::bind(
+            "127.0.0.1:0",
+            ServeConfig {
+                unit_dir: self.unit_dir.clone(),
+                registered_relays_only,
+                max_connections,
+                timeout,
+            },
+        )
+        .expect("bind");
+        let address = server.local_addr().expect("address");
+        let (sender, receiver) = channel();
+        std::thread::spawn(move || {
+            let _ = server.run(Arc::new(move |log: &ConnectionLog| {
+                let _ = sender.send(log.clone());
+            }));
+        });
+        (address, receiver)
+    }
+}
+
+fn connect(address: SocketAddr) -> TcpStream {
+    client::connect(&address.to_string(), Duration::from_secs(10)).expect("connect")
+}
+
+fn serial_bytes(hex: &str) -> [u8; 8] {
+    imprint_central::display::parse_hex(hex)
+        .and_then(|bytes| bytes.try_into().ok())
+        .expect("serial")
+}
+
+fn lifecycle(dir: &Path) -> Lifecycle {
+    module::status(dir).expect("status").info.lifecycle
+}
+
+#[test]
+fn claim14_mobile_appliance_relays_and_identifies_the_module_indirectly() {
+    let mut world = World::new();
+    let key = world.relay_key("phone-1", true);
+    let (address, logs) = world.serve(true);
+    let (module_dir, serial) = world.module();
+
+    let mut link = module::open(&module_dir, false).expect("module");
+    let mut stream = connect(address);
+    let report = remote::relay_personalization(&mut link, &mut stream, &key).expect("relayed");
+    drop(link);
+    assert_eq!(report.serial, serial);
+    assert!(report.commands >= 5, "{report:?}");
+
+    // The module is OPERATING with a certificate from that unit.
+    let status = module::status(&module_dir).expect("status");
+    assert_eq!(status.info.lifecycle, Lifecycle::Operating);
+    let certificate = status.module_cert.expect("module certificate");
+    assert_eq!(certificate.der(), report.certificate.der());
+    verify_issued_by(&certificate, &world.unit.cert_by_central, 0).expect("issued by the unit");
+
+    // The unit journaled it and knows which relay presented which module.
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    assert_eq!(log.serial.as_deref(), Some(serial.as_str()));
+    assert_eq!(log.relay.as_deref(), Some("phone-1"));
+    let journal = world.journal();
+    let entries = journal.entries_for(&serial).expect("entries");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].status, IssuanceStatus::Installed);
+    assert_eq!(entries[0].certificate, certificate.der());
+    assert_eq!(Ok(entries[0].id), log.result);
+    let presentations = journal.presentations().expect("presentations");
+    assert_eq!(presentations.len(), 1);
+    let presentation = &presentations[0];
+    assert_eq!(presentation.serial, serial);
+    assert_eq!(presentation.relay_name.as_deref(), Some("phone-1"));
+    assert_eq!(
+        presentation.relay_fingerprint,
+        remote::key_fingerprint(key.verifying_key())
+    );
+    assert_eq!(presentation.journal_id, Some(entries[0].id));
+    assert_eq!(presentation.outcome, "installed");
+}
+
+#[test]
+fn an_unregistered_relay_is_refused_when_only_registered_relays_may_present() {
+    let mut world = World::new();
+    let key = world.relay_key("stranger", false);
+    let (address, _logs) = world.serve(true);
+    let (module_dir, serial) = world.module();
+    let before = lifecycle(&module_dir);
+
+    let mut link = module::open(&module_dir, false).expect("module");
+    let mut stream = connect(address);
+    let err = remote::relay_personalization(&mut link, &mut stream, &key).expect_err("refused");
+    drop(link);
+    match &err {
+        RemoteError::Refused { code, reason } => {
+            assert_eq!(*code, ErrorCode::Refused);
+            assert!(reason.contains("not registered"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(lifecycle(&module_dir), before);
+    let journal = world.journal();
+    assert!(journal.entries_for(&serial).expect("entries").is_empty());
+    assert!(journal.presentations().expect("presentations").is_empty());
+}
+
+#[test]
+fn an_unregistered_relay_is_recorded_by_its_key_when_the_unit_is_open() {
+    let mut world = World::new();
+    let key = world.relay_key("stranger", false);
+    let (address, _logs) = world.serve(false);
+    let (module_dir, serial) = world.module();
+    let mut link = module::open(&module_dir, false).expect("module");
+    let mut stream = connect(address);
+    remote::relay_personalization(&mut link, &mut stream, &key).expect("relayed");
+    drop(link);
+    assert_eq!(lifecycle(&module_dir), Lifecycle::Operating);
+    let presentations = world.journal().presentations().expect("presentations");
+    assert_eq!(presentations.len(), 1);
+    assert_eq!(presentations[0].serial, serial);
+    assert_eq!(presentations[0].relay_name, None);
+    assert_eq!(
+        presentations[0].relay_fingerprint,
+        remote::key_fingerprint(key.verifying_key())
+    );
+}
+
+/// How a misbehaving relay treats the end-to-end channel.
+#[derive(Clone, Copy, Debug)]
+enum Misbehaviour {
+    /// Flips one bit in the middle of the first secured command.
+    FlipCommand,
+    /// Flips one bit in the data of the first secured response.
+    FlipResponse,
+    /// Does not forward GENERATE ASYMMETRIC KEY PAIR; answers 9000 itself.
+    DropGenerate,
+    /// Sends the module the earlier GENERATE again instead of PUT DATA.
+    ReplayInsteadOfPutData,
+}
+
+/// A relay's module side that tampers: between the COMMAND frames and the module.
+struct Tamper<T: Transport> {
+    inner: T,
+    mode: Misbehaviour,
+    done: bool,
+    last_secured: Option<Vec<u8>>,
+}
+
+impl<T: Transport> Transport for Tamper<T> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let secured = command.first().is_some_and(|cla| cla & CLA_SM == CLA_SM);
+        let ins_byte = command.get(1).copied();
+        if !secured || self.done {
+            return self.inner.transmit(command);
+        }
+        let previous = self.last_secured.replace(command.to_vec());
+        match self.mode {
+            Misbehaviour::FlipCommand => {
+                self.done = true;
+                let mut changed = command.to_vec();
+                // Extended APDU: header (4), 00 Lc Lc (3), data, Le (2).
+                let middle = 7 + (changed.len() - 9) / 2;
+                changed[middle] ^= 0x01;
+                self.inner.transmit(&changed)
+            }
+            Misbehaviour::FlipResponse => {
+                self.done = true;
+                let mut response = self.inner.transmit(command)?;
+                assert!(response.len() > 2, "a secured response carries data");
+                response[0] ^= 0x01;
+                Ok(response)
+            }
+            Misbehaviour::DropGenerate if ins_byte == Some(ins::GENERATE_KEY) => {
+                self.done = true;
+                Ok(vec![0x90, 0x00])
+            }
+            Misbehaviour::ReplayInsteadOfPutData if ins_byte == Some(ins::PUT_DATA) => {
+                self.done = true;
+                let replayed = previous.expect("an earlier secured command");
+                self.inner.transmit(&replayed)
+            }
+            _ => self.inner.transmit(command),
+        }
+    }
+
+    fn supports_extended_length(&self) -> bool {
+        self.inner.supports_extended_length()
+    }
+}
+
+#[test]
+fn a_relay_that_changes_drops_or_replays_an_apdu_is_detected() {
+    let mut world = World::new();
+    let key = world.relay_key("rogue", true);
+    let (address, logs) = world.serve(true);
+    for mode in [
+        Misbehaviour::FlipCommand,
+        Misbehaviour::FlipResponse,
+        Misbehaviour::DropGenerate,
+        Misbehaviour::ReplayInsteadOfPutData,
+    ] {
+        let (module_dir, serial) = world.module();
+        let before = lifecycle(&module_dir);
+        let link = module::open(&module_dir, false).expect("module");
+        let mut link = CardLink::new(Tamper {
+            inner: link.into_transport(),
+            mode,
+            done: false,
+            last_secured: None,
+        });
+        let mut stream = connect(address);
+        let err = remote::relay_personalization(&mut link, &mut stream, &key)
+            .expect_err("the tampering is detected");
+        drop(link);
+        eprintln!("{mode:?}: {err}");
+        assert!(
+            matches!(err, RemoteError::Refused { .. } | RemoteError::Client(_)),
+            "{mode:?}: {err:?}"
+        );
+        let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+        assert!(log.result.is_err(), "{mode:?}: {log:?}");
+        // The module is where it was; nothing was installed.
+        assert_eq!(lifecycle(&module_dir), before, "{mode:?}");
+        assert!(
+            module::status(&module_dir)
+                .expect("status")
+                .module_cert
+                .is_none(),
+            "{mode:?}"
+        );
+        let journal = world.journal();
+        for entry in journal.entries_for(&serial).expect("entries") {
+            assert_eq!(entry.status, IssuanceStatus::Failed, "{mode:?}");
+        }
+        let presentation = journal
+            .presentations()
+            .expect("presentations")
+            .into_iter()
+            .find(|p| p.serial == serial)
+            .expect("presentation recorded");
+        assert!(
+            presentation.outcome.starts_with("failed"),
+            "{mode:?}: {presentation:?}"
+        );
+    }
+}
+
+/// Answers the unit's challenge with a signature made for `signed_serial`
+/// and `signed_unit_hash` instead of what the unit asked for.
+fn present_with_misbound_signature(
+    address: SocketAddr,
+    key: &SigningKey,
+    hello_serial: [u8; 8],
+    signed_serial: Option<[u8; 8]>,
+    signed_unit_hash: Option<[u8; 48]>,
+) -> Frame {
+    let mut stream = connect(address);
+    wire::write_frame(
+        &mut stream,
+        &Frame::Hello {
+            purpose: Purpose::Personalize,
+            serial: hello_serial,
+        },
+    )
+    .expect("hello");
+    let Frame::RelayChallenge {
+        challenge,
+        unit_certificate_hash,
+    } = wire::read_frame(&mut stream).expect("challenge")
+    else {
+        panic!("no challenge");
+    };
+    let digest = wire::relay_auth_digest(
+        &challenge,
+        &signed_serial.unwrap_or(hello_serial),
+        &signed_unit_hash.unwrap_or(unit_certificate_hash),
+    );
+    let signature: p384::ecdsa::Signature = key
+        .sign_prehash_with_rng(&mut getrandom::SysRng, &digest)
+        .expect("sign");
+    let mut public_key = [0u8; 97];
+    public_key.copy_from_slice(
+        p384::PublicKey::from(key.verifying_key())
+            .to_sec1_bytes()
+            .as_ref(),
+    );
+    wire::write_frame(
+        &mut stream,
+        &Frame::RelayAuth {
+            public_key,
+            signature: signature.to_bytes().into(),
+        },
+    )
+    .expect("auth");
+    wire::read_frame(&mut stream).expect("answer")
+}
+
+#[test]
+fn a_relay_signature_for_another_module_or_unit_is_refused() {
+    let mut world = World::new();
+    let key = world.relay_key("phone-2", true);
+    let (address, _logs) = world.serve(true);
+    let (_, serial) = world.module();
+    let serial = serial_bytes(&serial);
+    let mut other = serial;
+    other[7] ^= 1;
+    for (signed_serial, signed_unit) in [(Some(other), None), (None, Some([7u8; 48]))] {
+        match present_with_misbound_signature(address, &key, serial, signed_serial, signed_unit) {
+            Frame::Error { code, reason } => {
+                assert_eq!(code, ErrorCode::Refused);
+                assert!(reason.contains("signature"), "{reason}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Both refused before any record or APDU.
+    assert!(world.journal().presentations().expect("p").is_empty());
+}
+
+#[test]
+fn a_relay_presenting_another_module_than_it_named_is_refused() {
+    let mut world = World::new();
+    let key = world.relay_key("phone-3", true);
+    let (address, _logs) = world.serve(true);
+    let (module_dir, _) = world.module();
+    let (_, named) = world.module();
+    let named = serial_bytes(&named);
+    let before = lifecycle(&module_dir);
+    let mut link = module::open(&module_dir, false).expect("module");
+    let mut stream = connect(address);
+    wire::write_frame(
+        &mut stream,
+        &Frame::Hello {
+            purpose: Purpose::Personalize,
+            serial: named,
+        },
+    )
+    .expect("hello");
+    remote::authenticate_relay(&mut stream, &key, &named).expect("authenticated");
+    let err = client::relay(&mut link, &mut stream).expect_err("refused");
+    drop(link);
+    assert!(err.to_string().contains("serial"), "{err}");
+    assert_eq!(lifecycle(&module_dir), before);
+}
+
+fn imprint(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_imprint"))
+        .args(args)
+        .output()
+        .expect("imprint")
+}
+
+#[test]
+fn the_imprint_binaries_serve_register_relay_and_list() {
+    use std::ffi::OsStr;
+    use std::io::{BufRead, BufReader};
+
+    let mut world = World::new();
+    let (module_dir, serial) = world.module();
+    let relay_dir = world.dir.join("cli-relay");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    let init = imprint(&[
+        OsStr::new("relay"),
+        OsStr::new("init"),
+        OsStr::new("--dir"),
+        relay_dir.as_os_str(),
+    ]);
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    let public_key = relay_dir.join(remote::RELAY_PUBLIC_KEY);
+    let register = |name: &str| {
+        imprint(&[
+            OsStr::new("personalizer"),
+            OsStr::new("relay"),
+            OsStr::new("register"),
+            OsStr::new("--personalizer"),
+            world.unit_dir.as_os_str(),
+            OsStr::new("--name"),
+            OsStr::new(name),
+            OsStr::new("--public-key"),
+            public_key.as_os_str(),
+        ])
+    };
+    let registered = register("tablet");
+    assert!(registered.status.success(), "{}", text(&registered.stderr));
+    // The same key under another name is refused.
+    let again = register("tablet-2");
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already registered"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let mut service = std::process::Command::new(env!("CARGO_BIN_EXE_imprint"))
+        .args([
+            OsStr::new("personalizer"),
+            OsStr::new("serve"),
+            OsStr::new("--personalizer"),
+        ])
+        .arg(&world.unit_dir)
+        .args(["--listen", "127.0.0.1:0", "--registered-relays-only"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut lines = BufReader::new(service.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("text");
+    let address = first
+        .strip_prefix("personalizer listening on ")
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .to_owned();
+    // Drain the service's log so it never writes to a closed pipe.
+    let log = std::thread::spawn(move || lines.next().and_then(Result::ok));
+
+    let relayed = imprint(&[
+        OsStr::new("relay"),
+        OsStr::new("--module"),
+        module_dir.as_os_str(),
+        OsStr::new("--personalizer"),
+        OsStr::new(&address),
+        OsStr::new("--relay-key"),
+        relay_dir.as_os_str(),
+    ]);
+    let stdout = text(&relayed.stdout);
+    assert!(
+        relayed.status.success(),
+        "{stdout}{}",
+        text(&relayed.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("serial:     {serial}")),
+        "{stdout}"
+    );
+    let logged = log.join().expect("log thread").expect("a log line");
+    assert!(
+        logged.contains("relay=tablet") && logged.contains("result=installed"),
+        "{logged}"
+    );
+    let _ = service.kill();
+    let _ = service.wait();
+    assert_eq!(lifecycle(&module_dir), Lifecycle::Operating);
+
+    let list = imprint(&[
+        OsStr::new("personalizer"),
+        OsStr::new("relay"),
+        OsStr::new("list"),
+        OsStr::new("--personalizer"),
+        world.unit_dir.as_os_str(),
+    ]);
+    let listing = text(&list.stdout);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    assert!(listing.contains("registered relays: 1"), "{listing}");
+    assert!(
+        listing.contains(&format!("serial={serial} relay=tablet journal=")),
+        "{listing}"
+    );
+    assert!(listing.contains("outcome=installed"), "{listing}");
+}
+
+#[test]
+fn a_silent_relay_times_out_and_a_full_unit_answers_busy() {
+    let world = World::new();
+    let (address, logs) = world.serve_with(true, 1, Duration::from_secs(1));
+    // The first connection says HELLO, then nothing: it holds the only slot
+    // until the unit's timeout.
+    let mut silent = connect(address);
+    wire::write_frame(
+        &mut silent,
+        &Frame::Hello {
+            purpose: Purpose::Personalize,
+            serial: [1; 8],
+        },
+    )
+    .expect("hello");
+    assert!(matches!(
+        wire::read_frame(&mut silent).expect("challenge"),
+        Frame::RelayChallenge { .. }
+    ));
+    let mut second = connect(address);
+    match wire::read_frame(&mut second).expect("an answer") {
+        Frame::Error { code, .. } => assert_eq!(code, ErrorCode::Busy),
+        other => panic!("unexpected {other:?}"),
+    }
+    match wire::read_frame(&mut silent).expect("an answer") {
+        Frame::Error { code, .. } => assert_eq!(code, ErrorCode::Timeout),
+        other => panic!("unexpected {other:?}"),
+    }
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    assert!(log.result.is_err(), "{log:?}");
+    assert!(world.journal().presentations().expect("p").is_empty());
+}
