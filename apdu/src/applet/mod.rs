@@ -583,20 +583,12 @@ impl<K: KeyMemory> Applet<K> {
         else {
             return Err(Sw(sw::CONDITIONS));
         };
-        let template = tlv::decode_single(data, tag::DYN_AUTH)?;
-        let [cert, ephemeral, challenge] = tlv::decode_fields(
-            template,
-            [
-                tag::AUTH_CERTIFICATE,
-                tag::AUTH_EPHEMERAL,
-                tag::AUTH_CHALLENGE,
-            ],
-        )?;
-        let unit_cert_der = tlv::required(cert, tag::AUTH_CERTIFICATE)?;
-        let unit_ephemeral = tlv::required(ephemeral, tag::AUTH_EPHEMERAL)?;
-        let unit_challenge: [u8; len::CHALLENGE] =
-            tlv::required_array(challenge, tag::AUTH_CHALLENGE)?;
-        let peer = parse_point(unit_ephemeral).map_err(|_| Sw(sw::WRONG_DATA))?;
+        let OpenRequest {
+            cert: unit_cert_der,
+            ephemeral: unit_ephemeral,
+            challenge: unit_challenge,
+            peer,
+        } = OpenRequest::parse(data)?;
 
         // Claim 7: the unit's certificate is checked with the manufacturer's
         // checking key before anything else is done for this unit.
@@ -993,20 +985,12 @@ impl<K: KeyMemory> Applet<K> {
         ) else {
             return Err(Sw(sw::CONDITIONS));
         };
-        let template = tlv::decode_single(data, tag::DYN_AUTH)?;
-        let [cert, ephemeral, challenge] = tlv::decode_fields(
-            template,
-            [
-                tag::AUTH_CERTIFICATE,
-                tag::AUTH_EPHEMERAL,
-                tag::AUTH_CHALLENGE,
-            ],
-        )?;
-        let central_der = tlv::required(cert, tag::AUTH_CERTIFICATE)?;
-        let central_ephemeral = tlv::required(ephemeral, tag::AUTH_EPHEMERAL)?;
-        let central_challenge: [u8; len::CHALLENGE] =
-            tlv::required_array(challenge, tag::AUTH_CHALLENGE)?;
-        let peer = parse_point(central_ephemeral).map_err(|_| Sw(sw::WRONG_DATA))?;
+        let OpenRequest {
+            cert: central_der,
+            ephemeral: central_ephemeral,
+            challenge: central_challenge,
+            peer,
+        } = OpenRequest::parse(data)?;
 
         // Claim 4: the central system is the one whose key came with the module
         // certificate; nothing else is trusted here.
@@ -1270,6 +1254,37 @@ impl<K: KeyMemory> Applet<K> {
                 Err(err.into())
             }
         }
+    }
+}
+
+/// The opener's first message of a handshake (personalization or operating
+/// channel): `7C { A0 certificate, 85 ephemeral point, 81 challenge }`.
+struct OpenRequest<'a> {
+    cert: &'a [u8],
+    ephemeral: &'a [u8],
+    challenge: [u8; len::CHALLENGE],
+    /// The ephemeral point, validated.
+    peer: PublicKey,
+}
+
+impl<'a> OpenRequest<'a> {
+    fn parse(data: &'a [u8]) -> Result<Self, Sw> {
+        let template = tlv::decode_single(data, tag::DYN_AUTH)?;
+        let [cert, ephemeral, challenge] = tlv::decode_fields(
+            template,
+            [
+                tag::AUTH_CERTIFICATE,
+                tag::AUTH_EPHEMERAL,
+                tag::AUTH_CHALLENGE,
+            ],
+        )?;
+        let ephemeral = tlv::required(ephemeral, tag::AUTH_EPHEMERAL)?;
+        Ok(Self {
+            cert: tlv::required(cert, tag::AUTH_CERTIFICATE)?,
+            ephemeral,
+            challenge: tlv::required_array(challenge, tag::AUTH_CHALLENGE)?,
+            peer: parse_point(ephemeral).map_err(|_| Sw(sw::WRONG_DATA))?,
+        })
     }
 }
 
