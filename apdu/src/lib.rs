@@ -23,6 +23,7 @@ pub mod applet;
 pub mod channel;
 #[cfg(feature = "std")]
 pub mod host;
+pub mod idunit;
 pub mod iso;
 pub mod keymem;
 pub mod pki;
