@@ -204,9 +204,7 @@ pub enum HostError {
     TanNoLongerOpen(i64),
     /// The identification value the id unit gave was consumed between its
     /// check and the issuance record: nothing was recorded or sent.
-    #[error(
-        "identification value {0} is no longer open (used meanwhile); nothing was issued"
-    )]
+    #[error("identification value {0} is no longer open (used meanwhile); nothing was issued")]
     IdentificationNoLongerOpen(i64),
     /// `imprint idunit issue --values` out of range.
     #[error("an identification unit holds 1 to {max} values")]

@@ -34,11 +34,11 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use imprint_apdu::host::manufacture::manufacture;
-use imprint_apdu::host::status::{ModuleStatus, read_status};
 use imprint_apdu::host::identification::{
     IdUnitLink, IdentificationSource, InProcessIdUnit, id_hex,
 };
+use imprint_apdu::host::manufacture::manufacture;
+use imprint_apdu::host::status::{ModuleStatus, read_status};
 use imprint_apdu::host::{
     CardLink, PersonalizationOptions, personalize_with_identification, reset_module,
 };
@@ -633,8 +633,9 @@ fn run_idunit(command: IdUnitCommand) -> anyhow::Result<()> {
             }
             let mut journal = SqliteJournal::open(&roles::journal_path(&personalizer))?;
             let record = journal.register_idunit(values)?;
-            FileIdStore::create(&dir, &record)
-                .with_context(|| format!("creating the identification unit in {}", dir.display()))?;
+            FileIdStore::create(&dir, &record).with_context(|| {
+                format!("creating the identification unit in {}", dir.display())
+            })?;
             out!("identification unit: {}", id_hex(&record.id));
             out!("values:              {}", record.values.len());
             out!("directory:           {}", dir.display());
@@ -1354,7 +1355,9 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
             }
             (None, Some(name)) => Some(Box::new(IdUnitLink::new(
                 PcscTransport::open(name, ConnectOptions::exclusive().short_apdus(true))
-                    .with_context(|| format!("opening the identification unit in reader {name:?}"))?,
+                    .with_context(|| {
+                        format!("opening the identification unit in reader {name:?}")
+                    })?,
             ))),
             (None, None) => None,
         };
@@ -1363,7 +1366,9 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
         &mut journal,
         &unit,
         options,
-        idunit.as_deref_mut().map(|source| source as &mut dyn IdentificationSource),
+        idunit
+            .as_deref_mut()
+            .map(|source| source as &mut dyn IdentificationSource),
     )
     .with_context(|| format!("personalizing {target}"))?;
     out!("serial:     {}", report.serial);

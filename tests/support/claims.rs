@@ -660,8 +660,13 @@ pub fn claim16<H: Harness>(harness: &mut H) {
 
     // The unit requires an identification: without an id unit it does not start.
     let before = link.apdu_count();
-    let err = personalize(&mut link, &mut journal, &pki.unit, identification_required())
-        .unwrap_err();
+    let err = personalize(
+        &mut link,
+        &mut journal,
+        &pki.unit,
+        identification_required(),
+    )
+    .unwrap_err();
     assert!(
         matches!(err, PersonalizeError::IdentificationUnavailable),
         "{err}"
@@ -705,7 +710,10 @@ pub fn claim16<H: Harness>(harness: &mut H) {
          GENERATE, PUT DATA"
     );
     assert_eq!(journal.entries.len(), 1);
-    let value = journal.entries[0].0.identification.expect("identification recorded");
+    let value = journal.entries[0]
+        .0
+        .identification
+        .expect("identification recorded");
     assert!(journal.idvalue(value).used, "value consumed");
     assert_eq!(journal.entries[0].1, EntryState::Installed);
     assert_eq!(
@@ -728,10 +736,7 @@ pub fn claim16<H: Harness>(harness: &mut H) {
         .iter()
         .position(|h| *h == [0x0C, 0xCA, 0xDF, 0x2A])
         .expect("secured fetch");
-    let generate = headers
-        .iter()
-        .position(|h| h[1] == 0x47)
-        .expect("GENERATE");
+    let generate = headers.iter().position(|h| h[1] == 0x47).expect("GENERATE");
     assert!(handover < fetch && fetch < generate, "{headers:02X?}");
     let mut link = CardLink::new(link.into_transport().inner);
     assert_eq!(status(&mut link).info.lifecycle, Lifecycle::Operating);

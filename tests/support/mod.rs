@@ -11,6 +11,10 @@ pub mod pcscd;
 
 use imprint_apdu::applet::Applet;
 use imprint_apdu::channel::{Digest48, tan_verifier};
+use imprint_apdu::host::identification::{
+    IdUnitLink, IdValueRow, IdentificationCheck, InProcessIdUnit, judge as judge_identification,
+    value_verifier,
+};
 use imprint_apdu::host::manufacture::{ManufactureReport, manufacture};
 use imprint_apdu::host::personalize::unix_now;
 use imprint_apdu::host::personalize::{
@@ -23,10 +27,6 @@ use imprint_apdu::host::{
     CardLink, InProcessTransport, ManufacturerCredentials, PersonalizationOptions,
     PersonalizationReport, PersonalizeError, Transport, TransportError, UnitCredentials,
     personalize,
-};
-use imprint_apdu::host::identification::{
-    IdUnitLink, IdValueRow, IdentificationCheck, InProcessIdUnit, judge as judge_identification,
-    value_verifier,
 };
 use imprint_apdu::idunit::memory::MemoryIdStore;
 use imprint_apdu::idunit::{self, IdUnit, IdUnitRecord, IdentificationAnswer};

@@ -18,11 +18,11 @@ use sha2::{Digest, Sha384};
 use zeroize::Zeroizing;
 
 use super::transport::{CardLink, Transport, TransportError};
-use crate::iso::sw;
 use crate::idunit::{
     self, CHALLENGE_LEN, ID_LEN, IdentificationAnswer, KEY_LEN, VALUE_LEN,
     identification_mac_matches,
 };
+use crate::iso::sw;
 use crate::proto::{ins, tag};
 use crate::tlv;
 

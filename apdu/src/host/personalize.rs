@@ -656,10 +656,7 @@ impl<'u> Personalization<'u> {
             }
             State::AwaitIdentificationCheck => {
                 let challenge = self.id_challenge.ok_or(PersonalizeError::OutOfOrder)?;
-                let answer = self
-                    .id_answer
-                    .clone()
-                    .ok_or(PersonalizeError::OutOfOrder)?;
+                let answer = self.id_answer.clone().ok_or(PersonalizeError::OutOfOrder)?;
                 Action::CheckIdentification {
                     challenge,
                     answer: Box::new(answer),
@@ -844,9 +841,7 @@ impl<'u> Personalization<'u> {
             | State::Identify
             | State::AwaitHandover
             | State::AwaitIdentificationCheck
-            | State::Done => {
-                Err(PersonalizeError::OutOfOrder)
-            }
+            | State::Done => Err(PersonalizeError::OutOfOrder),
         }
     }
 

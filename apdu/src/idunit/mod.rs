@@ -370,8 +370,8 @@ impl<S: IdUnitStore> IdUnit<S> {
         }
         let template =
             tlv::decode_single(command.data, tag::DYN_AUTH).map_err(|_| sw::WRONG_DATA)?;
-        let [challenge] = tlv::decode_fields(template, [tag::AUTH_CHALLENGE])
-            .map_err(|_| sw::WRONG_DATA)?;
+        let [challenge] =
+            tlv::decode_fields(template, [tag::AUTH_CHALLENGE]).map_err(|_| sw::WRONG_DATA)?;
         let challenge: [u8; CHALLENGE_LEN] =
             tlv::required_array(challenge, tag::AUTH_CHALLENGE).map_err(|_| sw::WRONG_DATA)?;
         if self.record.values.is_empty() {

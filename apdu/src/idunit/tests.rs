@@ -53,9 +53,13 @@ fn answers_a_challenge_with_a_one_off_value_and_its_mac() {
     ));
     // Committed before answering: the store no longer holds it.
     assert_eq!(unit.store().record().values.len(), 1);
-    let second = IdentificationAnswer::parse(&send(&mut unit, &authenticate([1; 32])).data).unwrap();
+    let second =
+        IdentificationAnswer::parse(&send(&mut unit, &authenticate([1; 32])).data).unwrap();
     assert_ne!(second.value, answer.value);
-    assert_eq!(send(&mut unit, &authenticate([1; 32])).sw, sw::AUTH_METHOD_BLOCKED);
+    assert_eq!(
+        send(&mut unit, &authenticate([1; 32])).sw,
+        sw::AUTH_METHOD_BLOCKED
+    );
 }
 
 #[test]
@@ -63,9 +67,18 @@ fn refuses_before_select_bad_data_and_a_failing_store() {
     let mut unit = unit(1);
     assert_eq!(send(&mut unit, &authenticate([1; 32])).sw, sw::CONDITIONS);
     select(&mut unit);
-    assert_eq!(send(&mut unit, &[0x00, 0x88, 0x00, 0x00, 0x02, 0x7C, 0x00]).sw, sw::WRONG_DATA);
-    assert_eq!(send(&mut unit, &[0x00, 0xCA, 0xDF, 0x31, 0x00]).data, vec![0, 1]);
-    assert_eq!(send(&mut unit, &[0x00, 0xCA, 0xDF, 0x30, 0x00]).data, vec![7; ID_LEN]);
+    assert_eq!(
+        send(&mut unit, &[0x00, 0x88, 0x00, 0x00, 0x02, 0x7C, 0x00]).sw,
+        sw::WRONG_DATA
+    );
+    assert_eq!(
+        send(&mut unit, &[0x00, 0xCA, 0xDF, 0x31, 0x00]).data,
+        vec![0, 1]
+    );
+    assert_eq!(
+        send(&mut unit, &[0x00, 0xCA, 0xDF, 0x30, 0x00]).data,
+        vec![7; ID_LEN]
+    );
     let mut failing = IdUnit::new({
         let mut store = MemoryIdStore::new(unit.record.clone());
         store.fail_commits = true;
@@ -73,7 +86,10 @@ fn refuses_before_select_bad_data_and_a_failing_store() {
     })
     .unwrap();
     select(&mut failing);
-    assert_eq!(send(&mut failing, &authenticate([1; 32])).sw, sw::MEMORY_FAILURE);
+    assert_eq!(
+        send(&mut failing, &authenticate([1; 32])).sw,
+        sw::MEMORY_FAILURE
+    );
     assert_eq!(failing.values_left(), 1);
 }
 

@@ -37,13 +37,13 @@
 use std::path::{Path, PathBuf};
 
 use imprint_apdu::channel::{Digest48, tan_verifier};
-use imprint_apdu::host::personalize::unix_now;
-use imprint_apdu::host::tan::{
-    Judgement, SERIAL_FAILURE_LIMIT, TAN_FAILURE_LIMIT, TAN_SALT_LEN, TanCheck, TanRow, judge,
-};
 use imprint_apdu::host::identification::{
     IdValueRow, IdentificationCheck, IdentificationRefusal, id_hex, judge as judge_identification,
     value_verifier,
+};
+use imprint_apdu::host::personalize::unix_now;
+use imprint_apdu::host::tan::{
+    Judgement, SERIAL_FAILURE_LIMIT, TAN_FAILURE_LIMIT, TAN_SALT_LEN, TanCheck, TanRow, judge,
 };
 use imprint_apdu::host::{IssuanceJournal, IssuedCertificate, JournalError};
 use imprint_apdu::idunit::{self, IdUnitRecord, IdentificationAnswer};
@@ -437,7 +437,10 @@ impl SqliteJournal {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sqlite(&path, "cannot begin registering an identification unit"))?;
+            .map_err(sqlite(
+                &path,
+                "cannot begin registering an identification unit",
+            ))?;
         tx.execute(
             "INSERT INTO idunit (id, key, registered_at) VALUES (?1, ?2, ?3)",
             params![&record.id[..], &record.key[..], now],
@@ -448,7 +451,10 @@ impl SqliteJournal {
                 "INSERT INTO idvalue (idunit, verifier, created_at) VALUES (?1, ?2, ?3)",
                 params![&record.id[..], &value_verifier(&salt, value)[..], now],
             )
-            .map_err(sqlite(&path, "cannot store an identification value verifier"))?;
+            .map_err(sqlite(
+                &path,
+                "cannot store an identification value verifier",
+            ))?;
         }
         tx.commit()
             .map_err(sqlite(&path, "cannot commit the identification unit"))?;
