@@ -137,8 +137,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX relay_presentations_serial ON relay_presentations (serial);",
     // Version 5, claims 16-18: identification units registered with this unit.
     // The unit must hold K_id itself to verify the id unit's HMAC, so the key
-    // is stored as is, like the TAN salt, in this 0600 database (see
-    // docs/protocol.md, "Identification unit", for the risk); each value only
+    // is stored as is, like the TAN salt, in this database inside the unit's
+    // 0700 directory next to its 0600 private key (docs/protocol.md section 19
+    // says what a reader of it gains); each value only
     // as its salted SHA-384 verifier (the TAN salt is the unit's salt).
     "CREATE TABLE idunit (
         id            BLOB PRIMARY KEY CHECK (length(id) = 16),
