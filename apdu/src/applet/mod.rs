@@ -56,7 +56,7 @@ pub struct Applet<K: KeyMemory> {
     /// The identification unit's answer (claims 16–18), handed over the local
     /// interface and held only in volatile memory until the unit fetches it
     /// inside the channel, a reset or the next SELECT.
-    identification: Option<Vec<u8>>,
+    identification: Option<zeroize::Zeroizing<Vec<u8>>>,
     session: Session,
     chain: Option<Chain>,
     pending: Vec<u8>,
@@ -383,11 +383,15 @@ impl<K: KeyMemory> Applet<K> {
             (false, ins) => self.dispatch_personalization(ins, p1, p2, &plain),
         };
         plain.zeroize();
-        let (data, status) = finish(outcome);
+        let (mut data, status) = finish(outcome);
         let Some(sm) = self.secure_messaging() else {
+            data.zeroize();
             return (Vec::new(), sw::SM_INCORRECT);
         };
-        match sm.seal_response(header, &data, status) {
+        let sealed = sm.seal_response(header, &data, status);
+        // The plain response may be a forwarded identification or a TAN proof.
+        data.zeroize();
+        match sealed {
             Ok(sealed) => (sealed, sw::OK),
             Err(_) => {
                 self.session = Session::None;
@@ -983,14 +987,18 @@ impl<K: KeyMemory> Applet<K> {
         }
         // Only the shape is checked: the unit judges the content.
         tlv::decode_single(data, tag::DYN_AUTH)?;
-        self.identification = Some(data.to_vec());
+        self.identification = Some(zeroize::Zeroizing::new(data.to_vec()));
         Ok(Vec::new())
     }
 
     /// Secured GET DATA `0C CA DF 2A` in the personalization channel: the
     /// held identification answer, once; `6A88` when none is held.
     fn forward_identification(&mut self) -> Outcome {
-        self.identification.take().ok_or(Sw(sw::DATA_NOT_FOUND))
+        // The copy is wiped once sealed (`dispatch_secured`); the held one here.
+        self.identification
+            .take()
+            .map(|answer| answer.to_vec())
+            .ok_or(Sw(sw::DATA_NOT_FOUND))
     }
 
     /// INTERNAL AUTHENTICATE for the TAN (`0C 88 00 82`, personalization

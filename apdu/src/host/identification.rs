@@ -135,9 +135,6 @@ pub enum IdUnitError {
         /// Its status word.
         sw: u16,
     },
-    /// No identification unit is connected.
-    #[error("no identification unit is connected")]
-    NotConnected,
 }
 
 /// Where the driver obtains the id unit's answer to a challenge.
