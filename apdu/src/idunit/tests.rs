@@ -103,3 +103,49 @@ fn record_round_trips_and_rejects_corruption() {
         Err(IdStoreError::Corrupt)
     );
 }
+
+#[cfg(feature = "std")]
+#[test]
+fn file_store_replaces_atomically_keeps_0600_and_refuses_a_second_unit() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::file::FileIdStore;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("idunit");
+    let record = unit(2).record.clone();
+    let store = FileIdStore::create(&dir, &record).unwrap();
+    let mode = std::fs::metadata(dir.join("idunit.tlv"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // One process at a time.
+    assert_eq!(
+        FileIdStore::open(&dir).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+    let mut applet = IdUnit::new(store).unwrap();
+    let mut apdu = vec![0x00, 0xA4, 0x04, 0x00, AID.len() as u8];
+    apdu.extend_from_slice(&AID);
+    assert_eq!(
+        Response::from_bytes(&applet.process(&apdu)).unwrap().sw,
+        sw::OK
+    );
+    assert_eq!(
+        Response::from_bytes(&applet.process(&authenticate([5; 32])))
+            .unwrap()
+            .sw,
+        sw::OK
+    );
+    drop(applet);
+    // Reopened from disk: the value given out is gone, no temporary file left.
+    let mut reopened = FileIdStore::open(&dir).unwrap();
+    assert_eq!(reopened.load().unwrap().values, record.values[1..].to_vec());
+    assert!(!dir.join("idunit.tmp").exists());
+    drop(reopened);
+    assert_eq!(
+        FileIdStore::create(&dir, &record).unwrap_err().kind(),
+        std::io::ErrorKind::AlreadyExists
+    );
+}
