@@ -94,6 +94,21 @@ fn claim13_tan_entered_at_the_module_protects_the_personalization() {
 }
 
 #[test]
+fn claim16_identification_unit_vouches_for_the_personalization() {
+    claim16(&mut InProcessHarness::default());
+}
+
+#[test]
+fn claim17_identification_value_is_a_one_off_number_produced_beforehand() {
+    claim17(&mut InProcessHarness::default());
+}
+
+#[test]
+fn claim18_identification_value_travels_over_an_authenticated_connection() {
+    claim18(&mut InProcessHarness::default());
+}
+
+#[test]
 fn claim19_security_module_keeps_private_keys_in_its_key_memory() {
     claim19(&mut InProcessHarness::default());
 }

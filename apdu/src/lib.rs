@@ -11,6 +11,10 @@
 //!  └───────────────────────────────┘          └──────────────────────────────┘
 //! ```
 //!
+//! A second, small applet, the identification unit ([`idunit`], claims
+//! 16–18), answers the unit's challenge with a one-off value under its own
+//! MAC; the module forwards that answer inside the personalization channel.
+//!
 //! The module side compiles without `std`, so the same applet can run on a
 //! secure element; the `std` feature adds the file-backed key memory, the
 //! certificate issuance and the host-side flows.
@@ -23,6 +27,7 @@ pub mod applet;
 pub mod channel;
 #[cfg(feature = "std")]
 pub mod host;
+pub mod idunit;
 pub mod iso;
 pub mod keymem;
 pub mod pki;

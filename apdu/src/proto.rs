@@ -16,6 +16,9 @@ pub mod ins {
     pub const GET_DATA: u8 = 0xCA;
     /// PUT DATA, BER-TLV objects in the data field (P1-P2 = `3FFF`).
     pub const PUT_DATA: u8 = 0xDB;
+    /// PUT DATA, P1-P2 the tag of the one object in the data field (here
+    /// only `DF2A`, the identification unit's answer, claims 16–18).
+    pub const PUT_DATA_OBJECT: u8 = 0xDA;
     /// GENERATE ASYMMETRIC KEY PAIR.
     pub const GENERATE_KEY: u8 = 0x47;
     /// MUTUAL AUTHENTICATE / EXTERNAL AUTHENTICATE: the channel handshake.
@@ -128,6 +131,12 @@ pub mod tag {
     /// ISO 7816-4 "response" position.
     pub const TAN_PROOF: u32 = 0x82;
 
+    /// The identification unit's answer (claims 16–18): handed to the module
+    /// by plain PUT DATA `00 DA DF 2A` over the local interface, held in
+    /// volatile memory only, and forwarded to the unit by secured GET DATA
+    /// `0C CA DF 2A` in the personalization channel.
+    pub const IDENTIFICATION: u32 = 0xDF2A;
+
     /// The transaction key set (claim 11), in PUT DATA on the operating channel.
     pub const KEY_SET: u32 = 0xDF28;
     /// Inside `DF28`: identifier, 16 bytes.
@@ -221,6 +230,8 @@ pub mod len {
     /// The length of the digest value the module key signs: the byte length of
     /// the P-384 group order (384 bits).
     pub const FIELD_DIGEST: usize = 48;
+    /// Largest identification unit answer the module holds (bytes).
+    pub const IDENTIFICATION_MAX: usize = 255;
     /// A transaction key set identifier.
     pub const KEY_SET_ID: usize = 16;
     /// A transaction key set's key (AES-256 / HMAC-SHA384 input keying material).

@@ -202,6 +202,16 @@ pub enum HostError {
     /// its check and the issuance record: nothing was recorded or sent.
     #[error("TAN {0} is no longer open (used, expired or locked meanwhile); nothing was issued")]
     TanNoLongerOpen(i64),
+    /// The identification value the id unit gave was consumed between its
+    /// check and the issuance record: nothing was recorded or sent.
+    #[error("identification value {0} is no longer open (used meanwhile); nothing was issued")]
+    IdentificationNoLongerOpen(i64),
+    /// `imprint idunit issue --values` out of range.
+    #[error("an identification unit holds 1 to {max} values")]
+    IdUnitValueCount {
+        /// The most values an id unit holds.
+        max: usize,
+    },
     /// A journal row holds a value this tool does not know.
     #[error("issuance journal entry {id} is corrupt: {what}")]
     JournalCorrupt {

@@ -34,9 +34,16 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
+use imprint_apdu::host::identification::{
+    IdUnitLink, IdentificationSource, InProcessIdUnit, id_hex,
+};
 use imprint_apdu::host::manufacture::manufacture;
 use imprint_apdu::host::status::{ModuleStatus, read_status};
-use imprint_apdu::host::{CardLink, PersonalizationOptions, personalize, reset_module};
+use imprint_apdu::host::{
+    CardLink, PersonalizationOptions, personalize_with_identification, reset_module,
+};
+use imprint_apdu::idunit::IdUnit;
+use imprint_apdu::idunit::file::FileIdStore;
 use imprint_apdu::pki::Certificate;
 use imprint_apdu::proto::len::VARIATION_MAX;
 use imprint_central::display;
@@ -148,6 +155,11 @@ enum Command {
     /// only salted verifiers, never a TAN.
     #[command(subcommand)]
     Tan(TanCommand),
+    /// Identification units (claims 16-18): create one and register it with
+    /// the unit, or list them. The unit keeps each unit's key and only
+    /// verifiers of its one-off values.
+    #[command(subcommand)]
+    Idunit(IdUnitCommand),
     /// List the PC/SC readers: one line each with whether a card is in it
     /// and, for a card with the Imprint applet, its serial and lifecycle.
     /// Cards are reached in shared mode and not reset: a SELECT of the
@@ -571,6 +583,71 @@ struct PersonalizeArgs {
     /// The unit's policy: refuse to personalize without a TAN.
     #[arg(long, env = "IMPRINT_REQUIRE_TAN")]
     require_tan: bool,
+    /// The unit's policy (claims 16-18): personalize only after an
+    /// identification unit the user connected vouched for it.
+    #[arg(long, env = "IMPRINT_REQUIRE_IDENTIFICATION")]
+    require_identification: bool,
+    /// The identification unit is a file-backed id unit in DIR (made by
+    /// `imprint idunit issue`).
+    #[arg(long, value_name = "DIR", conflicts_with = "idunit_reader")]
+    idunit_module: Option<PathBuf>,
+    /// The identification unit is the card in PC/SC reader NAME.
+    #[arg(long, value_name = "NAME")]
+    idunit_reader: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum IdUnitCommand {
+    /// Create a file-backed identification unit in DIR with a fresh id,
+    /// key and one-off values (OS random generator), and register it (its
+    /// key and the values' verifiers) with the personalization unit.
+    Issue {
+        /// The personalization unit's directory.
+        #[arg(long)]
+        personalizer: PathBuf,
+        /// Where the id unit lives (created, 0700; must not hold one).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// How many one-off identification values.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        values: u32,
+    },
+    /// List the registered identification units: id, values open and used.
+    List {
+        /// The personalization unit's directory.
+        #[arg(long)]
+        personalizer: PathBuf,
+    },
+}
+
+fn run_idunit(command: IdUnitCommand) -> anyhow::Result<()> {
+    match command {
+        IdUnitCommand::Issue {
+            personalizer,
+            dir,
+            values,
+        } => {
+            open_unit(&personalizer)?;
+            if dir.join("idunit.tlv").exists() {
+                bail!("{} already holds an identification unit", dir.display());
+            }
+            let mut journal = SqliteJournal::open(&roles::journal_path(&personalizer))?;
+            let record = journal.register_idunit(values)?;
+            FileIdStore::create(&dir, &record).with_context(|| {
+                format!("creating the identification unit in {}", dir.display())
+            })?;
+            out!("identification unit: {}", id_hex(&record.id));
+            out!("values:              {}", record.values.len());
+            out!("directory:           {}", dir.display());
+        }
+        IdUnitCommand::List { personalizer } => {
+            let journal = SqliteJournal::open(&roles::journal_path(&personalizer))?;
+            for (id, open, used) in journal.idunits()? {
+                out!("{id}  open {open}  used {used}");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -906,6 +983,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             input,
         }) => import_journal(&personalizer, &input),
         Command::Tan(command) => run_tan(command),
+        Command::Idunit(command) => run_idunit(command),
         Command::Readers => list_readers(),
         Command::Station(args) => run_station(args),
         Command::Bench(command) => run_bench(command),
@@ -1262,9 +1340,37 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
         pin,
         tan,
         require_tan: args.require_tan,
+        require_identification: args.require_identification,
     };
-    let report = personalize(&mut link, &mut journal, &unit, options)
-        .with_context(|| format!("personalizing {target}"))?;
+    let mut idunit: Option<Box<dyn IdentificationSource>> =
+        match (&args.idunit_module, &args.idunit_reader) {
+            (Some(dir), _) => {
+                let store = FileIdStore::open(dir).with_context(|| {
+                    format!("opening the identification unit in {}", dir.display())
+                })?;
+                let applet = IdUnit::new(store).map_err(|err| {
+                    anyhow!("the identification unit in {}: {err}", dir.display())
+                })?;
+                Some(Box::new(IdUnitLink::new(InProcessIdUnit::new(applet))))
+            }
+            (None, Some(name)) => Some(Box::new(IdUnitLink::new(
+                PcscTransport::open(name, ConnectOptions::exclusive().short_apdus(true))
+                    .with_context(|| {
+                        format!("opening the identification unit in reader {name:?}")
+                    })?,
+            ))),
+            (None, None) => None,
+        };
+    let report = personalize_with_identification(
+        &mut link,
+        &mut journal,
+        &unit,
+        options,
+        idunit
+            .as_deref_mut()
+            .map(|source| source as &mut dyn IdentificationSource),
+    )
+    .with_context(|| format!("personalizing {target}"))?;
     out!("serial:     {}", report.serial);
     out!("was:        {}", report.lifecycle_before);
     out!("APDUs:      {}", report.apdus);

@@ -43,5 +43,6 @@ pub fn issued(serial: &str, nonce: u8) -> IssuedCertificate {
         certificate,
         nonce,
         tan: None,
+        identification: None,
     }
 }

@@ -451,6 +451,7 @@ fn help_documents_every_command() {
         "module",
         "journal",
         "tan",
+        "idunit",
         "bench",
     ] {
         assert!(help.contains(command), "{command} missing from:\n{help}");
@@ -645,4 +646,84 @@ fn tan_protected_personalization_through_the_cli() {
         imprint().args(["tan", "unlock", "--personalizer", "P", "--module", &serial]),
     );
     assert!(out.contains("failed TAN tries cleared"), "{out}");
+}
+
+/// Claims 16–18 through the binary: `idunit issue`, `personalize
+/// --require-identification` without and with `--idunit-module`, the value
+/// used up, `idunit list`.
+#[test]
+fn identification_unit_through_the_cli() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    set_up_roles(dir);
+    ok(
+        dir,
+        imprint().args([
+            "manufacturer",
+            "manufacture",
+            "--dir",
+            "M",
+            "--module",
+            "MOD",
+        ]),
+    );
+    let out = ok(
+        dir,
+        imprint().args([
+            "idunit",
+            "issue",
+            "--personalizer",
+            "P",
+            "--dir",
+            "ID",
+            "--values",
+            "1",
+        ]),
+    );
+    assert!(out.contains("identification unit:"), "{out}");
+    let id = out
+        .lines()
+        .find_map(|line| line.strip_prefix("identification unit: "))
+        .expect("id line")
+        .trim()
+        .to_owned();
+    assert_eq!(id.len(), 32, "{out}");
+
+    let personalize = |extra: &[&str]| {
+        let mut command = imprint();
+        command.args([
+            "personalize",
+            "--personalizer",
+            "P",
+            "--module",
+            "MOD",
+            "--require-identification",
+        ]);
+        command.args(extra);
+        command
+    };
+    let output = fails(dir, &mut personalize(&[]));
+    assert!(
+        text(&output.stderr).contains("requires an identification unit"),
+        "{}",
+        text(&output.stderr)
+    );
+    let out = ok(dir, &mut personalize(&["--idunit-module", "ID"]));
+    assert!(out.contains("journal id:"), "{out}");
+    let output = fails(dir, &mut personalize(&["--idunit-module", "ID"]));
+    assert!(
+        text(&output.stderr).contains("no identification values left"),
+        "{}",
+        text(&output.stderr)
+    );
+    let list = ok(
+        dir,
+        imprint().args(["idunit", "list", "--personalizer", "P"]),
+    );
+    assert!(list.contains(&format!("{id}  open 0  used 1")), "{list}");
+    // A second issue into the same directory is refused.
+    fails(
+        dir,
+        imprint().args(["idunit", "issue", "--personalizer", "P", "--dir", "ID"]),
+    );
 }

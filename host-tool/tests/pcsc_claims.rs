@@ -23,6 +23,9 @@ over_pcscd! {
     claim09_module_nonce_is_signed_into_the_module_certificate_over_pcscd => claims::claim09,
     claim10_variation_value_enters_module_key_generation_over_pcscd => claims::claim10,
     claim13_tan_entered_at_the_module_protects_the_personalization_over_pcscd => claims::claim13,
+    claim16_identification_unit_vouches_for_the_personalization_over_pcscd => claims::claim16,
+    claim17_identification_value_is_a_one_off_number_produced_beforehand_over_pcscd => claims::claim17,
+    claim18_identification_value_travels_over_an_authenticated_connection_over_pcscd => claims::claim18,
     claim19_security_module_keeps_private_keys_in_its_key_memory_over_pcscd => claims::claim19,
     claim20_personalization_unit_journals_before_sending_over_pcscd => claims::claim20,
 }

@@ -634,3 +634,291 @@ pub fn claim13<H: Harness>(harness: &mut H) {
     assert_eq!(again.commands, 8, "re-personalization adds TERMINATE");
     assert!(journal.tan(second).used);
 }
+
+/// Options of a unit that requires an identification unit (claims 16–18).
+fn identification_required() -> PersonalizationOptions {
+    PersonalizationOptions {
+        require_identification: true,
+        ..PersonalizationOptions::default()
+    }
+}
+
+/// Claim 16: the user connects an identification unit; it sends an
+/// identification value, checkable by the unit, to the module, which
+/// forwards it; the unit personalizes only if the check is positive.
+pub fn claim16<H: Harness>(harness: &mut H) {
+    use imprint_apdu::host::identification::IdentificationRefusal;
+    use imprint_apdu::host::personalize_with_identification;
+
+    let pki = Pki::new();
+    let (link, dir) = harness.blank_module();
+    let mut link = CardLink::new(LoggingTransport::new(link.into_transport()));
+    manufacture_with(&mut link, &pki.manufacturer);
+    let mut journal = RecordingJournal::default();
+    let record = journal.issue_idunit(3);
+    let mut idunit = crate::ram_idunit(&record);
+
+    // The unit requires an identification: without an id unit it does not start.
+    let before = link.apdu_count();
+    let err = personalize(
+        &mut link,
+        &mut journal,
+        &pki.unit,
+        identification_required(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, PersonalizeError::IdentificationUnavailable),
+        "{err}"
+    );
+    assert_eq!(link.apdu_count(), before, "no APDU without an id unit");
+
+    // A foreign id unit (not registered with this unit): the check is
+    // negative, nothing issued, the module unchanged.
+    let foreign = crate::random_idunit(1);
+    let err = personalize_with_identification(
+        &mut link,
+        &mut journal,
+        &pki.unit,
+        identification_required(),
+        Some(&mut crate::ram_idunit(&foreign)),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PersonalizeError::IdentificationRefused(IdentificationRefusal::UnknownUnit(_))
+        ),
+        "{err}"
+    );
+    assert!(journal.entries.is_empty(), "nothing issued");
+    assert_eq!(module_key_in(&dir), None, "no module key generated");
+
+    // The registered id unit: personalized, its value consumed with the record.
+    link.transport_mut().log.clear();
+    let report = personalize_with_identification(
+        &mut link,
+        &mut journal,
+        &pki.unit,
+        identification_required(),
+        Some(&mut idunit),
+    )
+    .expect("personalized with the identification unit");
+    assert_eq!(
+        report.commands, 7,
+        "SELECT, 2× AUTHENTICATE, PUT DATA (identification), GET DATA (identification), \
+         GENERATE, PUT DATA"
+    );
+    assert_eq!(journal.entries.len(), 1);
+    let value = journal.entries[0]
+        .0
+        .identification
+        .expect("identification recorded");
+    assert!(journal.idvalue(value).used, "value consumed");
+    assert_eq!(journal.entries[0].1, EntryState::Installed);
+    assert_eq!(
+        module_key_in(&dir).expect("module key"),
+        report.certificate.public_key_sec1()
+    );
+    // The module got the id unit's answer from the local host, in a plain
+    // PUT DATA 00 DA DF 2A; the unit fetched it with a secured GET DATA.
+    let headers: Vec<[u8; 4]> = link
+        .transport_mut()
+        .log
+        .iter()
+        .map(|(command, _)| [command[0], command[1], command[2], command[3]])
+        .collect();
+    let handover = headers
+        .iter()
+        .position(|h| *h == [0x00, 0xDA, 0xDF, 0x2A])
+        .expect("hand-over");
+    let fetch = headers
+        .iter()
+        .position(|h| *h == [0x0C, 0xCA, 0xDF, 0x2A])
+        .expect("secured fetch");
+    let generate = headers.iter().position(|h| h[1] == 0x47).expect("GENERATE");
+    assert!(handover < fetch && fetch < generate, "{headers:02X?}");
+    let mut link = CardLink::new(link.into_transport().inner);
+    assert_eq!(status(&mut link).info.lifecycle, Lifecycle::Operating);
+}
+
+/// Claim 17: the identification value is a one-off number produced
+/// beforehand: registered (as a verifier) when the id unit was issued,
+/// given out once by the id unit, and refused by the unit once used.
+pub fn claim17<H: Harness>(harness: &mut H) {
+    use imprint_apdu::host::identification::IdentificationRefusal;
+    use imprint_apdu::host::personalize_with_identification;
+
+    let pki = Pki::new();
+    let (mut link, dir) = harness.blank_module();
+    manufacture_with(&mut link, &pki.manufacturer);
+    let mut journal = RecordingJournal::default();
+    // Produced beforehand: the unit holds the verifiers before any personalization.
+    let record = journal.issue_idunit(2);
+    assert_eq!(journal.idvalues.len(), 2);
+    assert!(journal.idvalues.iter().all(|(_, row)| !row.used));
+    // A copy of the id unit as it was issued: it will offer the first value again.
+    let mut stale_copy = crate::ram_idunit(&record);
+    let mut idunit = crate::ram_idunit(&record);
+
+    let first = personalize_with_identification(
+        &mut link,
+        &mut journal,
+        &pki.unit,
+        identification_required(),
+        Some(&mut idunit),
+    )
+    .expect("first personalization");
+    let first_value = journal.entries[0].0.identification.expect("value");
+    assert_eq!(
+        idunit.link_mut().transport_mut().applet().values_left(),
+        1,
+        "the id unit gave its value out once"
+    );
+
+    // The same value again (a copy of the id unit replays it, with a valid
+    // MAC over the new challenge): refused as used; nothing issued, the
+    // module keeps its key and certificate.
+    let err = personalize_with_identification(
+        &mut link,
+        &mut journal,
+        &pki.unit,
+        identification_required(),
+        Some(&mut stale_copy),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PersonalizeError::IdentificationRefused(IdentificationRefusal::Used(id)) if id == first_value
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("one-off"), "{err}");
+    assert_eq!(journal.entries.len(), 1, "nothing issued");
+    assert_eq!(
+        module_key_in(&dir).expect("module key"),
+        first.certificate.public_key_sec1(),
+        "module untouched"
+    );
+
+    // The id unit's next value re-personalizes; then it has none left.
+    let again = personalize_with_identification(
+        &mut link,
+        &mut journal,
+        &pki.unit,
+        identification_required(),
+        Some(&mut idunit),
+    )
+    .expect("second value");
+    assert_eq!(again.commands, 8, "re-personalization adds TERMINATE");
+    let second_value = journal.entries[1].0.identification.expect("value");
+    assert_ne!(second_value, first_value);
+    let err = personalize_with_identification(
+        &mut link,
+        &mut journal,
+        &pki.unit,
+        identification_required(),
+        Some(&mut idunit),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PersonalizeError::IdUnit(imprint_apdu::host::identification::IdUnitError::Exhausted)
+        ),
+        "{err}"
+    );
+    assert_eq!(journal.entries.len(), 2);
+}
+
+/// Claim 18: the value travels between the id unit and the unit over a
+/// cryptographically authenticated connection: the id unit's HMAC with the
+/// key registered with the unit, over the unit's fresh challenge, and the
+/// personalization channel between module and unit. A change on the way
+/// (at the module's interface) is refused; the value never crosses the
+/// channel in the clear.
+pub fn claim18<H: Harness>(harness: &mut H) {
+    use imprint_apdu::host::identification::IdentificationRefusal;
+    use imprint_apdu::host::personalize_with_identification;
+
+    let pki = Pki::new();
+    let (link, dir) = harness.blank_module();
+    let mut journal = RecordingJournal::default();
+    let record = journal.issue_idunit(2);
+    // Flip one bit of the value inside the hand-over to the module.
+    let mut link = CardLink::new(TamperingTransport {
+        inner: link.into_transport(),
+        count: 0,
+        tamper: |_, mut command: Vec<u8>| {
+            if command.len() > 30 && command[..4] == [0x00, 0xDA, 0xDF, 0x2A] {
+                // Ten bytes from the end lies inside the 48-byte MAC
+                // whatever the Le encoding (one or two bytes).
+                let at = command.len() - 10;
+                command[at] ^= 0x01;
+            }
+            command
+        },
+    });
+    manufacture_with(&mut link, &pki.manufacturer);
+    let mut idunit = crate::ram_idunit(&record);
+    let err = personalize_with_identification(
+        &mut link,
+        &mut journal,
+        &pki.unit,
+        identification_required(),
+        Some(&mut idunit),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PersonalizeError::IdentificationRefused(IdentificationRefusal::NotAuthentic(_))
+        ),
+        "{err}"
+    );
+    assert!(journal.entries.is_empty(), "nothing issued");
+    assert!(
+        journal.idvalues.iter().all(|(_, row)| !row.used),
+        "a refused identification consumes nothing at the unit"
+    );
+    assert_eq!(module_key_in(&dir), None);
+
+    // Untampered, through a logging link: the value appears in the plain
+    // hand-over to the module (the local interface) and in no secured
+    // command or response of the channel.
+    let mut link = CardLink::new(LoggingTransport::new(link.into_transport().inner));
+    let value_before = idunit.link_mut().transport_mut().applet().values_left();
+    personalize_with_identification(
+        &mut link,
+        &mut journal,
+        &pki.unit,
+        identification_required(),
+        Some(&mut idunit),
+    )
+    .expect("authentic identification");
+    assert_eq!(
+        idunit.link_mut().transport_mut().applet().values_left(),
+        value_before - 1
+    );
+    let value = record.values[1];
+    let carrying: Vec<_> = link
+        .transport_mut()
+        .log
+        .iter()
+        .filter(|(command, response)| {
+            command.windows(value.len()).any(|w| w == value)
+                || response.windows(value.len()).any(|w| w == value)
+        })
+        .map(|(command, _)| command[..4].to_vec())
+        .collect();
+    assert_eq!(carrying, vec![vec![0x00, 0xDA, 0xDF, 0x2A]]);
+    let fetch = link
+        .transport_mut()
+        .log
+        .iter()
+        .find(|(command, _)| command[..4] == [0x0C, 0xCA, 0xDF, 0x2A])
+        .expect("secured fetch");
+    assert_eq!(fetch.1[0], 0x85, "the forwarded answer is a cryptogram");
+    assert_eq!(journal.entries.len(), 1);
+}

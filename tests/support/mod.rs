@@ -11,6 +11,10 @@ pub mod pcscd;
 
 use imprint_apdu::applet::Applet;
 use imprint_apdu::channel::{Digest48, tan_verifier};
+use imprint_apdu::host::identification::{
+    IdUnitLink, IdValueRow, IdentificationCheck, InProcessIdUnit, judge as judge_identification,
+    value_verifier,
+};
 use imprint_apdu::host::manufacture::{ManufactureReport, manufacture};
 use imprint_apdu::host::personalize::unix_now;
 use imprint_apdu::host::personalize::{
@@ -24,6 +28,8 @@ use imprint_apdu::host::{
     PersonalizationReport, PersonalizeError, Transport, TransportError, UnitCredentials,
     personalize,
 };
+use imprint_apdu::idunit::memory::MemoryIdStore;
+use imprint_apdu::idunit::{self, IdUnit, IdUnitRecord, IdentificationAnswer};
 use imprint_apdu::keymem::KeyMemory;
 use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::keymem::memory::MemoryKeyMemory;
@@ -260,7 +266,17 @@ pub struct RecordingJournal {
     pub serial_failures: std::collections::HashMap<String, u32>,
     /// The unit salt, once created.
     pub tan_salt: Option<[u8; TAN_SALT_LEN]>,
+    /// Registered identification units: id → `K_id` (claims 16–18).
+    pub idunits: std::collections::HashMap<[u8; idunit::ID_LEN], [u8; idunit::KEY_LEN]>,
+    /// Identification value verifiers, with the id unit each was issued to.
+    pub idvalues: Vec<([u8; idunit::ID_LEN], IdValueRow)>,
 }
+
+/// The in-memory journal refused to record: the identification value is no
+/// longer open.
+#[derive(Debug, thiserror::Error)]
+#[error("identification value {0} is no longer open; nothing recorded")]
+pub struct IdentificationNoLongerOpen(pub i64);
 
 /// Why the in-memory journal refused to record.
 #[derive(Debug, thiserror::Error)]
@@ -297,6 +313,58 @@ impl RecordingJournal {
     pub fn tan(&self, id: i64) -> &TanRow {
         &self.tans[id as usize - 1]
     }
+
+    /// Creates an identification unit with `values` random one-off values
+    /// and registers it (key, value verifiers), as `imprint idunit issue` does.
+    pub fn issue_idunit(&mut self, values: usize) -> IdUnitRecord {
+        let record = random_idunit(values);
+        self.register_idunit(&record);
+        record
+    }
+
+    /// Registers `record`'s key and value verifiers.
+    pub fn register_idunit(&mut self, record: &IdUnitRecord) {
+        let salt = self.salt();
+        self.idunits.insert(record.id, *record.key);
+        for value in &record.values {
+            let id = self.idvalues.len() as i64 + 1;
+            self.idvalues.push((
+                record.id,
+                IdValueRow {
+                    id,
+                    verifier: value_verifier(&salt, value),
+                    used: false,
+                },
+            ));
+        }
+    }
+
+    /// The identification value row with `id`.
+    pub fn idvalue(&self, id: i64) -> &IdValueRow {
+        &self.idvalues[id as usize - 1].1
+    }
+}
+
+/// A fresh identification unit record (not registered anywhere).
+pub fn random_idunit(values: usize) -> IdUnitRecord {
+    let mut record = IdUnitRecord {
+        id: [0; idunit::ID_LEN],
+        key: zeroize::Zeroizing::new([0; idunit::KEY_LEN]),
+        values: vec![[0; idunit::VALUE_LEN]; values],
+    };
+    getrandom::fill(&mut record.id).expect("OS random");
+    getrandom::fill(&mut record.key[..]).expect("OS random");
+    for value in &mut record.values {
+        getrandom::fill(value).expect("OS random");
+    }
+    record
+}
+
+/// An in-process identification unit on a RAM store holding `record`.
+pub fn ram_idunit(record: &IdUnitRecord) -> IdUnitLink<InProcessIdUnit<MemoryIdStore>> {
+    IdUnitLink::new(InProcessIdUnit::new(
+        IdUnit::new(MemoryIdStore::new(record.clone())).expect("RAM id unit"),
+    ))
 }
 
 impl IssuanceJournal for RecordingJournal {
@@ -321,6 +389,15 @@ impl IssuanceJournal for RecordingJournal {
             }
             row.used = true;
             self.serial_failures.remove(&issued.serial);
+        }
+        if let Some(id) = issued.identification {
+            let row = self
+                .idvalues
+                .iter_mut()
+                .map(|(_, row)| row)
+                .find(|row| row.id == id && !row.used)
+                .ok_or(JournalError(Box::new(IdentificationNoLongerOpen(id))))?;
+            row.used = true;
         }
         self.entries.push((issued.clone(), EntryState::Issued));
         Ok(self.entries.len() as i64)
@@ -359,6 +436,27 @@ impl IssuanceJournal for RecordingJournal {
                 }
             },
         )
+    }
+
+    fn check_identification(
+        &mut self,
+        challenge: &[u8; idunit::CHALLENGE_LEN],
+        answer: &IdentificationAnswer,
+    ) -> Result<IdentificationCheck, JournalError> {
+        let salt = self.salt();
+        let rows: Vec<IdValueRow> = self
+            .idvalues
+            .iter()
+            .filter(|(unit, _)| *unit == answer.id)
+            .map(|(_, row)| row.clone())
+            .collect();
+        Ok(judge_identification(
+            challenge,
+            answer,
+            self.idunits.get(&answer.id),
+            &salt,
+            &rows,
+        ))
     }
 
     fn mark_installed(&mut self, id: i64) -> Result<(), JournalError> {

@@ -53,6 +53,10 @@ pub struct Applet<K: KeyMemory> {
     /// The TAN typed at the module's input unit (claim 13), held only in
     /// volatile memory until its one proof, a reset or the next SELECT.
     tan: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// The identification unit's answer (claims 16–18), handed over the local
+    /// interface and held only in volatile memory until the unit fetches it
+    /// inside the channel, a reset or the next SELECT.
+    identification: Option<zeroize::Zeroizing<Vec<u8>>>,
     session: Session,
     chain: Option<Chain>,
     pending: Vec<u8>,
@@ -165,6 +169,7 @@ impl<K: KeyMemory> Applet<K> {
             selected: false,
             pin_verified: false,
             tan: None,
+            identification: None,
             session: Session::None,
             chain: None,
             pending: Vec::new(),
@@ -203,9 +208,15 @@ impl<K: KeyMemory> Applet<K> {
         self.selected = false;
         self.pin_verified = false;
         self.tan = None;
+        self.identification = None;
         self.session = Session::None;
         self.chain = None;
         self.pending.clear();
+    }
+
+    /// Whether an identification unit's answer is held now (volatile).
+    pub fn holds_identification(&self) -> bool {
+        self.identification.is_some()
     }
 
     /// Whether a TAN is held in volatile memory now (tests check it is wiped).
@@ -331,6 +342,7 @@ impl<K: KeyMemory> Applet<K> {
             ins::GET_DATA => self.get_data(p1, p2),
             ins::GENERATE_KEY => self.generate_plain(p1, p2, data),
             ins::PUT_DATA => self.put_data_plain(p1, p2, data),
+            ins::PUT_DATA_OBJECT => self.hold_identification(p1, p2, data),
             ins::AUTHENTICATE => self.authenticate(p1, p2, data),
             ins::INTERNAL_AUTHENTICATE => self.open_transaction(p1, p2, data),
             ins::VERIFY => self.verify(p1, p2, data),
@@ -371,11 +383,15 @@ impl<K: KeyMemory> Applet<K> {
             (false, ins) => self.dispatch_personalization(ins, p1, p2, &plain),
         };
         plain.zeroize();
-        let (data, status) = finish(outcome);
+        let (mut data, status) = finish(outcome);
         let Some(sm) = self.secure_messaging() else {
+            data.zeroize();
             return (Vec::new(), sw::SM_INCORRECT);
         };
-        match sm.seal_response(header, &data, status) {
+        let sealed = sm.seal_response(header, &data, status);
+        // The plain response may be a forwarded identification or a TAN proof.
+        data.zeroize();
+        match sealed {
             Ok(sealed) => (sealed, sw::OK),
             Err(_) => {
                 self.session = Session::None;
@@ -393,6 +409,9 @@ impl<K: KeyMemory> Applet<K> {
         plain: &[u8],
     ) -> Outcome {
         match instruction {
+            ins::GET_DATA if u32::from(u16::from_be_bytes([p1, p2])) == tag::IDENTIFICATION => {
+                self.forward_identification()
+            }
             ins::GET_DATA => self.get_data(p1, p2),
             ins::GENERATE_KEY => self.generate_module_key(p1, p2, plain),
             ins::PUT_DATA => self.install(p1, p2, plain),
@@ -412,6 +431,7 @@ impl<K: KeyMemory> Applet<K> {
         // the SELECT that starts it.
         self.session = Session::None;
         self.tan = None;
+        self.identification = None;
         if p1 != 0x04 || (p2 & 0xF3) != 0x00 {
             return Err(Sw(sw::WRONG_P1P2));
         }
@@ -449,6 +469,9 @@ impl<K: KeyMemory> Applet<K> {
             tag::MODULE_CERT => records.module_cert.clone(),
             tag::UNIT_CERT => records.unit_cert.clone(),
             tag::CENTRAL_CERT => records.central_cert.clone(),
+            // The identification answer leaves the module only inside the
+            // personalization channel (see `forward_identification`).
+            tag::IDENTIFICATION => return Err(Sw(sw::SECURITY_STATUS)),
             tag::IDENTITY_PUBLIC_KEY => self
                 .memory
                 .public_key(KeySlot::Identity)?
@@ -932,6 +955,42 @@ impl<K: KeyMemory> Applet<K> {
             }
             _ => Err(Sw(sw::WRONG_P1P2)),
         }
+    }
+
+    /// PUT DATA `00 DA DF 2A` (claims 16–18): the identification unit's
+    /// answer, handed over the local interface by the host the user
+    /// connected the id unit to. The module cannot check it (it holds no
+    /// id-unit key); it keeps it in volatile memory and forwards it to the
+    /// unit inside the channel. No data forgets it. Must be one `7C`
+    /// template of at most [`len::IDENTIFICATION_MAX`] bytes.
+    fn hold_identification(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if u32::from(u16::from_be_bytes([p1, p2])) != tag::IDENTIFICATION {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        if self.records.lifecycle == Lifecycle::Manufactured {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        self.identification = None;
+        if data.is_empty() {
+            return Ok(Vec::new());
+        }
+        if data.len() > len::IDENTIFICATION_MAX {
+            return Err(Sw(sw::WRONG_LENGTH));
+        }
+        // Only the shape is checked: the unit judges the content.
+        tlv::decode_single(data, tag::DYN_AUTH)?;
+        self.identification = Some(zeroize::Zeroizing::new(data.to_vec()));
+        Ok(Vec::new())
+    }
+
+    /// Secured GET DATA `0C CA DF 2A` in the personalization channel: the
+    /// held identification answer, once; `6A88` when none is held.
+    fn forward_identification(&mut self) -> Outcome {
+        // The copy is wiped once sealed (`dispatch_secured`); the held one here.
+        self.identification
+            .take()
+            .map(|answer| answer.to_vec())
+            .ok_or(Sw(sw::DATA_NOT_FOUND))
     }
 
     /// INTERNAL AUTHENTICATE for the TAN (`0C 88 00 82`, personalization

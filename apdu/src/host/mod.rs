@@ -9,6 +9,7 @@
 //! ```
 
 pub mod credentials;
+pub mod identification;
 pub mod manufacture;
 pub mod personalize;
 pub mod status;
@@ -18,7 +19,8 @@ pub mod transport;
 pub use credentials::{ManufacturerCredentials, UnitCredentials};
 pub use personalize::{
     Action, IssuanceJournal, IssuedCertificate, JournalError, Personalization,
-    PersonalizationOptions, PersonalizationReport, PersonalizeError, personalize, reset_module,
+    PersonalizationOptions, PersonalizationReport, PersonalizeError, personalize,
+    personalize_with_identification, reset_module,
 };
 pub use transport::{CardLink, InProcessTransport, Transport, TransportError};
 

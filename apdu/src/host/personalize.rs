@@ -9,6 +9,10 @@
 //! and INTERNAL AUTHENTICATE for its proof right after the handshake, before
 //! TERMINATE or GENERATE, so nothing changes on the module for a user who did
 //! not consent.
+//! An identification unit (claims 16–18) adds two APDUs to the module, right
+//! after the TAN step: the driver's plain PUT DATA `00 DA DF 2A` with the id
+//! unit's answer to the unit's challenge, and the unit's secured GET DATA
+//! `0C CA DF 2A` that fetches it end to end.
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +32,11 @@ use crate::pki::{self, Certificate, PkiError};
 use crate::proto::{self, Lifecycle, ins, len, tag};
 use crate::tlv;
 
+use super::identification::{
+    IdUnitError, IdentificationCheck, IdentificationRefusal, IdentificationSource,
+};
 use super::tan::{TAN_SALT_LEN, TanCheck, TanRefusal, tan_length_ok};
+use crate::idunit::IdentificationAnswer;
 
 /// Choices for one personalization.
 pub struct PersonalizationOptions {
@@ -48,6 +56,9 @@ pub struct PersonalizationOptions {
     pub tan: Option<Zeroizing<Vec<u8>>>,
     /// The unit's policy: refuse to personalize without a TAN.
     pub require_tan: bool,
+    /// The unit's policy (claims 16–18): personalize only after an
+    /// identification unit connected by the user vouched for it.
+    pub require_identification: bool,
 }
 
 impl Default for PersonalizationOptions {
@@ -59,6 +70,7 @@ impl Default for PersonalizationOptions {
             pin: None,
             tan: None,
             require_tan: false,
+            require_identification: false,
         }
     }
 }
@@ -129,6 +141,10 @@ pub struct IssuedCertificate {
     /// consumes it in the same transaction that records this certificate,
     /// and refuses the record if the TAN is no longer open.
     pub tan: Option<i64>,
+    /// The identification value the id unit gave (claims 16–18), by its
+    /// store id: consumed in the same transaction that records this
+    /// certificate; the record is refused if the value is no longer open.
+    pub identification: Option<i64>,
 }
 
 /// A journal failure.
@@ -162,6 +178,19 @@ pub trait IssuanceJournal {
     ) -> Result<TanCheck, JournalError> {
         let _ = (serial, th, proof);
         Ok(TanCheck::Refused(TanRefusal::Wrong))
+    }
+
+    /// Judges an identification unit's answer to `challenge` with
+    /// [`super::identification::judge`]. A journal with no id units knows none.
+    fn check_identification(
+        &mut self,
+        challenge: &[u8; len::CHALLENGE],
+        answer: &IdentificationAnswer,
+    ) -> Result<IdentificationCheck, JournalError> {
+        let _ = challenge;
+        Ok(IdentificationCheck::Refused(
+            IdentificationRefusal::UnknownUnit(super::identification::id_hex(&answer.id)),
+        ))
     }
 }
 
@@ -302,6 +331,27 @@ pub enum PersonalizeError {
     /// The unit refused the module's TAN proof; failures were counted.
     #[error("TAN refused: {0}")]
     TanRefused(TanRefusal),
+    /// The unit requires an identification and the driver has no id unit.
+    #[error(
+        "this personalization unit requires an identification unit: connect one \
+         (--idunit-module DIR or --idunit-reader NAME)"
+    )]
+    IdentificationUnavailable,
+    /// Obtaining the identification from the id unit failed.
+    #[error("identification unit: {0}")]
+    IdUnit(#[from] IdUnitError),
+    /// The module holds no identification answer (it was handed none, or was reset).
+    #[error(
+        "the module holds no identification (6A88): the identification unit's answer \
+         was not handed to it, or the module was reset"
+    )]
+    IdentificationNotHanded,
+    /// The module forwarded something that is not an id unit's answer.
+    #[error("the identification the module forwarded is malformed")]
+    IdentificationMalformed,
+    /// The unit refused the identification; nothing was issued.
+    #[error("identification refused: {0}")]
+    IdentificationRefused(IdentificationRefusal),
 }
 
 /// What the driver must do next.
@@ -326,6 +376,23 @@ pub enum Action {
         /// The module's proof.
         proof: [u8; len::TAN_PROOF],
     },
+    /// Obtain the identification unit's answer to `challenge` and hand it
+    /// to the module over the local interface (plain PUT DATA
+    /// [`identification_handover_header`]), then call
+    /// [`Personalization::identification_handed`].
+    Identify {
+        /// The unit's fresh challenge for this personalization.
+        challenge: [u8; len::CHALLENGE],
+    },
+    /// Judge the identification the module forwarded with the unit's store
+    /// ([`IssuanceJournal::check_identification`]), then call
+    /// [`Personalization::identification_checked`].
+    CheckIdentification {
+        /// The unit's challenge.
+        challenge: [u8; len::CHALLENGE],
+        /// The id unit's answer, as the module forwarded it.
+        answer: Box<IdentificationAnswer>,
+    },
     /// Finished; the module is OPERATING.
     Done,
 }
@@ -337,6 +404,10 @@ enum State {
     Confirm,
     ProveTan,
     AwaitTanCheck,
+    Identify,
+    AwaitHandover,
+    FetchIdentification,
+    AwaitIdentificationCheck,
     Terminate,
     Generate,
     Issue,
@@ -374,6 +445,9 @@ pub struct Personalization<'u> {
     tan_salt: Option<[u8; TAN_SALT_LEN]>,
     tan_proof: Option<[u8; len::TAN_PROOF]>,
     tan_id: Option<i64>,
+    id_challenge: Option<[u8; len::CHALLENGE]>,
+    id_answer: Option<IdentificationAnswer>,
+    id_value: Option<i64>,
 }
 
 impl<'u> Personalization<'u> {
@@ -424,6 +498,9 @@ impl<'u> Personalization<'u> {
             tan_salt: None,
             tan_proof: None,
             tan_id: None,
+            id_challenge: None,
+            id_answer: None,
+            id_value: None,
         })
     }
 
@@ -447,7 +524,7 @@ impl<'u> Personalization<'u> {
         match check {
             TanCheck::Accepted(id) => {
                 self.tan_id = Some(id);
-                self.state = self.after_authentication();
+                self.state = self.after_tan();
                 Ok(())
             }
             TanCheck::Refused(refusal) => {
@@ -455,6 +532,55 @@ impl<'u> Personalization<'u> {
                 self.channel = None;
                 Err(PersonalizeError::TanRefused(refusal))
             }
+        }
+    }
+
+    /// Whether this flow asks an identification unit ([`Action::Identify`]).
+    pub fn uses_identification(&self) -> bool {
+        self.options.require_identification && !self.reset_only
+    }
+
+    /// The driver handed the id unit's answer to the module
+    /// ([`Action::Identify`]); the unit fetches it next.
+    pub fn identification_handed(&mut self) -> Result<(), PersonalizeError> {
+        if !matches!(self.state, State::AwaitHandover) {
+            return Err(PersonalizeError::OutOfOrder);
+        }
+        self.state = State::FetchIdentification;
+        Ok(())
+    }
+
+    /// The result of [`Action::CheckIdentification`]: continues on an
+    /// accepted identification, fails the flow (nothing issued) otherwise.
+    pub fn identification_checked(
+        &mut self,
+        check: IdentificationCheck,
+    ) -> Result<(), PersonalizeError> {
+        if !matches!(self.state, State::AwaitIdentificationCheck) {
+            return Err(PersonalizeError::OutOfOrder);
+        }
+        self.id_answer = None;
+        match check {
+            IdentificationCheck::Accepted(id) => {
+                self.id_value = Some(id);
+                self.state = self.after_authentication();
+                Ok(())
+            }
+            IdentificationCheck::Refused(refusal) => {
+                self.state = State::Done;
+                self.channel = None;
+                Err(PersonalizeError::IdentificationRefused(refusal))
+            }
+        }
+    }
+
+    /// After the channel and the TAN step: the identification step, if the
+    /// policy asks for it, before anything changes on the module.
+    fn after_tan(&self) -> State {
+        if self.uses_identification() {
+            State::Identify
+        } else {
+            self.after_authentication()
         }
     }
 
@@ -515,6 +641,26 @@ impl<'u> Personalization<'u> {
                     .th;
                 let proof = self.tan_proof.ok_or(PersonalizeError::OutOfOrder)?;
                 Action::CheckTan { serial, th, proof }
+            }
+            State::Identify => {
+                let mut challenge = [0u8; len::CHALLENGE];
+                getrandom::fill(&mut challenge).map_err(|_| PersonalizeError::Random)?;
+                self.id_challenge = Some(challenge);
+                self.state = State::AwaitHandover;
+                Action::Identify { challenge }
+            }
+            State::AwaitHandover => return Err(PersonalizeError::OutOfOrder),
+            State::FetchIdentification => {
+                let [p1, p2] = identification_tag_bytes();
+                self.secured([CLA_SM, ins::GET_DATA, p1, p2], &[])?
+            }
+            State::AwaitIdentificationCheck => {
+                let challenge = self.id_challenge.ok_or(PersonalizeError::OutOfOrder)?;
+                let answer = self.id_answer.clone().ok_or(PersonalizeError::OutOfOrder)?;
+                Action::CheckIdentification {
+                    challenge,
+                    answer: Box::new(answer),
+                }
             }
             State::Open => {
                 let mut randomness = Zeroizing::new([0u8; 48]);
@@ -647,7 +793,7 @@ impl<'u> Personalization<'u> {
                 self.state = if self.options.tan.is_some() && !self.reset_only {
                     State::ProveTan
                 } else {
-                    self.after_authentication()
+                    self.after_tan()
                 };
                 Ok(())
             }
@@ -662,6 +808,7 @@ impl<'u> Personalization<'u> {
                 Ok(())
             }
             State::ProveTan => self.on_tan_proof(response),
+            State::FetchIdentification => self.on_identification(response),
             State::Terminate => {
                 let (_, inner) = self.open_secured(response, "TERMINATE")?;
                 if inner != sw::OK {
@@ -688,9 +835,13 @@ impl<'u> Personalization<'u> {
                     other => Err(status("PUT DATA (certificates)", other)),
                 }
             }
-            State::Issue | State::AwaitRecord | State::AwaitTanCheck | State::Done => {
-                Err(PersonalizeError::OutOfOrder)
-            }
+            State::Issue
+            | State::AwaitRecord
+            | State::AwaitTanCheck
+            | State::Identify
+            | State::AwaitHandover
+            | State::AwaitIdentificationCheck
+            | State::Done => Err(PersonalizeError::OutOfOrder),
         }
     }
 
@@ -733,6 +884,21 @@ impl<'u> Personalization<'u> {
         let [proof] = tlv::decode_fields(template, [tag::TAN_PROOF]).map_err(malformed)?;
         self.tan_proof = Some(tlv::required_array(proof, tag::TAN_PROOF).map_err(malformed)?);
         self.state = State::AwaitTanCheck;
+        Ok(())
+    }
+
+    fn on_identification(&mut self, response: &Response) -> Result<(), PersonalizeError> {
+        const STEP: &str = "GET DATA (identification)";
+        let (data, inner) = self.open_secured(response, STEP)?;
+        match inner {
+            sw::OK => {}
+            sw::DATA_NOT_FOUND => return Err(PersonalizeError::IdentificationNotHanded),
+            other => return Err(status(STEP, other)),
+        }
+        let answer = IdentificationAnswer::parse(&data)
+            .map_err(|_| PersonalizeError::IdentificationMalformed)?;
+        self.id_answer = Some(answer);
+        self.state = State::AwaitIdentificationCheck;
         Ok(())
     }
 
@@ -855,6 +1021,7 @@ impl<'u> Personalization<'u> {
             certificate,
             nonce: channel.nonce,
             tan: self.tan_id,
+            identification: self.id_value,
         };
         self.issued = Some(issued.clone());
         Ok(issued)
@@ -952,6 +1119,19 @@ impl<'u> Personalization<'u> {
         }
         BundleRejection::Unexplained
     }
+}
+
+fn identification_tag_bytes() -> [u8; 2] {
+    // DF2A fits two bytes: P1-P2 of GET DATA / PUT DATA name it.
+    let [_, _, p1, p2] = tag::IDENTIFICATION.to_be_bytes();
+    [p1, p2]
+}
+
+/// The plain PUT DATA that hands the id unit's answer to the module over the
+/// local interface: `00 DA DF 2A`.
+pub fn identification_handover_header() -> [u8; 4] {
+    let [p1, p2] = identification_tag_bytes();
+    [0x00, ins::PUT_DATA_OBJECT, p1, p2]
 }
 
 fn plain(header: [u8; 4], data: Vec<u8>) -> Action {
@@ -1054,6 +1234,19 @@ pub fn personalize<T: Transport>(
     unit: &UnitCredentials,
     options: PersonalizationOptions,
 ) -> Result<PersonalizationReport, PersonalizeError> {
+    personalize_with_identification(link, journal, unit, options, None)
+}
+
+/// [`personalize`], with the identification unit the user connected
+/// (claims 16–18). `idunit` is asked only when the options require an
+/// identification; its answer goes to the module, never to the unit directly.
+pub fn personalize_with_identification<T: Transport>(
+    link: &mut CardLink<T>,
+    journal: &mut dyn IssuanceJournal,
+    unit: &UnitCredentials,
+    options: PersonalizationOptions,
+    idunit: Option<&mut dyn IdentificationSource>,
+) -> Result<PersonalizationReport, PersonalizeError> {
     let started = Instant::now();
     let apdus_before = link.apdu_count();
     let commands_before = link.command_count();
@@ -1064,8 +1257,11 @@ pub fn personalize<T: Transport>(
             .ok_or(PersonalizeError::TanUnsupported)?;
         flow.set_tan_salt(salt);
     }
+    if flow.uses_identification() && idunit.is_none() {
+        return Err(PersonalizeError::IdentificationUnavailable);
+    }
     let mut journal_id = None;
-    let result = drive(link, journal, &mut flow, &mut journal_id);
+    let result = drive(link, journal, &mut flow, &mut journal_id, idunit);
     match (&result, journal_id) {
         (Ok(()), Some(id)) => journal.mark_installed(id)?,
         (Err(err), Some(id)) => journal.mark_failed(id, &err.to_string())?,
@@ -1089,6 +1285,7 @@ fn drive<T: Transport>(
     journal: &mut dyn IssuanceJournal,
     flow: &mut Personalization<'_>,
     journal_id: &mut Option<i64>,
+    mut idunit: Option<&mut dyn IdentificationSource>,
 ) -> Result<(), PersonalizeError> {
     loop {
         match flow.next_action()? {
@@ -1103,6 +1300,22 @@ fn drive<T: Transport>(
             Action::CheckTan { serial, th, proof } => {
                 let check = journal.check_tan(&serial, &th, &proof)?;
                 flow.tan_checked(check)?;
+            }
+            Action::Identify { challenge } => {
+                let source = idunit
+                    .as_deref_mut()
+                    .ok_or(PersonalizeError::IdentificationUnavailable)?;
+                let answer = source.authenticate(&challenge)?;
+                // The local interface: the module holds it, unread, for the unit.
+                let response = link.send(identification_handover_header(), &answer)?;
+                if response.sw != sw::OK {
+                    return Err(status("PUT DATA (identification)", response.sw));
+                }
+                flow.identification_handed()?;
+            }
+            Action::CheckIdentification { challenge, answer } => {
+                let check = journal.check_identification(&challenge, &answer)?;
+                flow.identification_checked(check)?;
             }
             Action::Done => return Ok(()),
         }
@@ -1123,7 +1336,10 @@ pub fn reset_module<T: Transport>(
                 let response = link.send(header, &data)?;
                 flow.on_response(&response)?;
             }
-            Action::Record(_) | Action::CheckTan { .. } => {
+            Action::Record(_)
+            | Action::CheckTan { .. }
+            | Action::Identify { .. }
+            | Action::CheckIdentification { .. } => {
                 return Err(PersonalizeError::OutOfOrder);
             }
             Action::Done => return Ok(link.apdu_count() - before),
@@ -1156,7 +1372,11 @@ impl OpenChannel {
                     let response = link.send(header, &data)?;
                     flow.on_response(&response)?;
                 }
-                Action::Record(_) | Action::CheckTan { .. } | Action::Done => {
+                Action::Record(_)
+                | Action::CheckTan { .. }
+                | Action::Identify { .. }
+                | Action::CheckIdentification { .. }
+                | Action::Done => {
                     return Err(PersonalizeError::OutOfOrder);
                 }
             }

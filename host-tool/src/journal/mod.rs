@@ -19,6 +19,17 @@
 //!  record_issued(tan = id) ─▶ BEGIN IMMEDIATE; INSERT issuance; UPDATE tan SET used_at; COMMIT
 //! ```
 //!
+//! Schema version 5 makes it the registry of identification units (claims
+//! 16–18): per id unit its identifier and `K_id`, per identification value
+//! its verifier and use; never a value. A value is consumed in the
+//! transaction that records the certificate it vouched for.
+//!
+//! ```text
+//!  imprint idunit issue ─▶ INSERT idunit (id, key); INSERT idvalue (verifier) × N
+//!  check_identification ─▶ judge(key, rows)        (read only: a refusal changes nothing)
+//!  record_issued(identification = v) ─▶ … UPDATE idvalue SET used_at WHERE used_at IS NULL
+//! ```
+//!
 //! SQLite in WAL mode with `synchronous=FULL`, so a committed row survives a
 //! power loss. The schema is versioned with `PRAGMA user_version`; each
 //! migration runs in one transaction.
@@ -26,11 +37,16 @@
 use std::path::{Path, PathBuf};
 
 use imprint_apdu::channel::{Digest48, tan_verifier};
+use imprint_apdu::host::identification::{
+    IdValueRow, IdentificationCheck, IdentificationRefusal, id_hex, judge as judge_identification,
+    value_verifier,
+};
 use imprint_apdu::host::personalize::unix_now;
 use imprint_apdu::host::tan::{
     Judgement, SERIAL_FAILURE_LIMIT, TAN_FAILURE_LIMIT, TAN_SALT_LEN, TanCheck, TanRow, judge,
 };
 use imprint_apdu::host::{IssuanceJournal, IssuedCertificate, JournalError};
+use imprint_apdu::idunit::{self, IdUnitRecord, IdentificationAnswer};
 use imprint_apdu::pki::Certificate;
 use imprint_central::display;
 use rusqlite::TransactionBehavior;
@@ -119,6 +135,26 @@ const MIGRATIONS: &[&str] = &[
         updated_at        INTEGER NOT NULL
     );
     CREATE INDEX relay_presentations_serial ON relay_presentations (serial);",
+    // Version 5, claims 16-18: identification units registered with this unit.
+    // The unit must hold K_id itself to verify the id unit's HMAC, so the key
+    // is stored as is, like the TAN salt, in this database inside the unit's
+    // 0700 directory next to its 0600 private key (docs/protocol.md section 19
+    // says what a reader of it gains); each value only
+    // as its salted SHA-384 verifier (the TAN salt is the unit's salt).
+    "CREATE TABLE idunit (
+        id            BLOB PRIMARY KEY CHECK (length(id) = 16),
+        key           BLOB NOT NULL CHECK (length(key) = 32),
+        registered_at INTEGER NOT NULL
+    );
+    CREATE TABLE idvalue (
+        id          INTEGER PRIMARY KEY,
+        idunit      BLOB NOT NULL REFERENCES idunit (id),
+        verifier    BLOB NOT NULL UNIQUE CHECK (length(verifier) = 48),
+        created_at  INTEGER NOT NULL,
+        used_at     INTEGER,
+        issuance_id INTEGER REFERENCES issuance (id)
+    );
+    CREATE INDEX idvalue_idunit ON idvalue (idunit);",
 ];
 
 /// The schema version this tool writes.
@@ -356,9 +392,173 @@ impl SqliteJournal {
             tx.execute("DELETE FROM tan_serial WHERE serial = ?1", [&issued.serial])
                 .map_err(sqlite(&path, "cannot reset the serial's TAN failures"))?;
         }
+        if let Some(value) = issued.identification {
+            let consumed = tx
+                .execute(
+                    "UPDATE idvalue SET used_at = ?2, issuance_id = ?3
+                     WHERE id = ?1 AND used_at IS NULL",
+                    params![value, now, id],
+                )
+                .map_err(sqlite(&path, "cannot consume the identification value"))?;
+            if consumed != 1 {
+                // Dropping the transaction rolls the issuance row (and a TAN) back.
+                return Err(HostError::IdentificationNoLongerOpen(value));
+            }
+        }
         tx.commit()
             .map_err(sqlite(&path, "cannot commit an issued certificate"))?;
         Ok(id)
+    }
+
+    /// Creates an identification unit record (claims 16–18): a random
+    /// identifier, a random `K_id` and `values` random one-off values from
+    /// the OS random generator, and registers it in one transaction (the key
+    /// and each value's verifier). Returns the record for the id unit's store:
+    /// the only place the values exist afterwards.
+    pub fn register_idunit(&mut self, values: u32) -> Result<IdUnitRecord, HostError> {
+        let count = usize::try_from(values).unwrap_or(usize::MAX);
+        if count == 0 || count > idunit::MAX_VALUES {
+            return Err(HostError::IdUnitValueCount {
+                max: idunit::MAX_VALUES,
+            });
+        }
+        let salt = self.tan_salt()?;
+        let mut record = IdUnitRecord {
+            id: [0; idunit::ID_LEN],
+            key: Zeroizing::new([0; idunit::KEY_LEN]),
+            values: vec![[0; idunit::VALUE_LEN]; count],
+        };
+        getrandom::fill(&mut record.id).map_err(|_| HostError::Random)?;
+        getrandom::fill(&mut record.key[..]).map_err(|_| HostError::Random)?;
+        for value in &mut record.values {
+            getrandom::fill(value).map_err(|_| HostError::Random)?;
+        }
+        let path = self.path.clone();
+        let now = now_i64();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite(
+                &path,
+                "cannot begin registering an identification unit",
+            ))?;
+        tx.execute(
+            "INSERT INTO idunit (id, key, registered_at) VALUES (?1, ?2, ?3)",
+            params![&record.id[..], &record.key[..], now],
+        )
+        .map_err(sqlite(&path, "cannot register the identification unit"))?;
+        for value in &record.values {
+            tx.execute(
+                "INSERT INTO idvalue (idunit, verifier, created_at) VALUES (?1, ?2, ?3)",
+                params![&record.id[..], &value_verifier(&salt, value)[..], now],
+            )
+            .map_err(sqlite(
+                &path,
+                "cannot store an identification value verifier",
+            ))?;
+        }
+        tx.commit()
+            .map_err(sqlite(&path, "cannot commit the identification unit"))?;
+        Ok(record)
+    }
+
+    /// Judges an id unit's answer to `challenge` (read only: a refusal
+    /// changes nothing; values are 128-bit random and the MAC key 256-bit,
+    /// so there is nothing to guess that a failure counter would protect).
+    pub fn check_identification_answer(
+        &mut self,
+        challenge: &[u8; idunit::CHALLENGE_LEN],
+        answer: &IdentificationAnswer,
+    ) -> Result<IdentificationCheck, HostError> {
+        let salt = self.tan_salt()?;
+        let path = &self.path;
+        let key: Option<Zeroizing<Vec<u8>>> = self
+            .conn
+            .query_row(
+                "SELECT key FROM idunit WHERE id = ?1",
+                [&answer.id[..]],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sqlite(path, "cannot read the identification unit"))?
+            .map(Zeroizing::new);
+        let Some(key) = key else {
+            return Ok(IdentificationCheck::Refused(
+                IdentificationRefusal::UnknownUnit(id_hex(&answer.id)),
+            ));
+        };
+        let key = Zeroizing::new(<[u8; idunit::KEY_LEN]>::try_from(key.as_slice()).map_err(
+            |_| HostError::JournalCorrupt {
+                id: 0,
+                what: "an identification unit key is not 32 bytes",
+            },
+        )?);
+        let mut statement = self
+            .conn
+            .prepare("SELECT id, verifier, used_at FROM idvalue WHERE idunit = ?1")
+            .map_err(sqlite(path, "cannot read identification values"))?;
+        let rows = statement
+            .query_map([&answer.id[..]], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                ))
+            })
+            .map_err(sqlite(path, "cannot read identification values"))?;
+        let mut values = Vec::new();
+        for row in rows {
+            let (id, verifier, used_at) =
+                row.map_err(sqlite(path, "cannot read identification values"))?;
+            let verifier = <[u8; 48]>::try_from(verifier.as_slice()).map_err(|_| {
+                HostError::JournalCorrupt {
+                    id,
+                    what: "an identification value verifier is not 48 bytes",
+                }
+            })?;
+            values.push(IdValueRow {
+                id,
+                verifier,
+                used: used_at.is_some(),
+            });
+        }
+        Ok(judge_identification(
+            challenge,
+            answer,
+            Some(&key),
+            &salt,
+            &values,
+        ))
+    }
+
+    /// Registered id units: identifier (hex), values left, values used.
+    pub fn idunits(&self) -> Result<Vec<(String, u32, u32)>, HostError> {
+        let path = &self.path;
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT u.id,
+                        (SELECT count(*) FROM idvalue v WHERE v.idunit = u.id AND v.used_at IS NULL),
+                        (SELECT count(*) FROM idvalue v WHERE v.idunit = u.id AND v.used_at IS NOT NULL)
+                 FROM idunit u ORDER BY u.registered_at, u.id",
+            )
+            .map_err(sqlite(path, "cannot list identification units"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, u32>(1)?,
+                    row.get::<_, u32>(2)?,
+                ))
+            })
+            .map_err(sqlite(path, "cannot list identification units"))?;
+        let mut units = Vec::new();
+        for row in rows {
+            let (id, open, used) = row.map_err(sqlite(path, "cannot list identification units"))?;
+            let hex = id.iter().map(|byte| format!("{byte:02x}")).collect();
+            units.push((hex, open, used));
+        }
+        Ok(units)
     }
 
     /// The unit-wide TAN salt, created from the OS random generator the first
@@ -708,6 +908,15 @@ impl IssuanceJournal for SqliteJournal {
         proof: &[u8],
     ) -> Result<TanCheck, JournalError> {
         self.check_tan_proof(serial, th, proof).map_err(boxed)
+    }
+
+    fn check_identification(
+        &mut self,
+        challenge: &[u8; idunit::CHALLENGE_LEN],
+        answer: &IdentificationAnswer,
+    ) -> Result<IdentificationCheck, JournalError> {
+        self.check_identification_answer(challenge, answer)
+            .map_err(boxed)
     }
 }
 

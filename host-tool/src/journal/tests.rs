@@ -192,7 +192,7 @@ fn a_version_1_journal_migrates_and_keeps_its_rows_as_local() {
     }
     let journal = SqliteJournal::open(&path).expect("migrates");
     assert_eq!(journal.schema_version().expect("version"), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(SCHEMA_VERSION, 5);
     let entries = journal.entries().expect("entries");
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].origin, None);
@@ -298,5 +298,75 @@ fn a_version_1_journal_migrates_and_keeps_its_entries() {
             .expect("issue")
             .len(),
         1
+    );
+}
+
+/// Claims 16–18 in the SQLite store: an id unit's answer is accepted once,
+/// consumed with the issuance record, refused as used afterwards; a foreign
+/// id unit and a MAC over another challenge are refused and change nothing.
+#[test]
+fn identification_values_are_checked_and_consumed_with_the_record() {
+    use imprint_apdu::host::identification::{
+        IdUnitLink, IdentificationRefusal, IdentificationSource, InProcessIdUnit,
+    };
+    use imprint_apdu::idunit::IdUnit;
+    use imprint_apdu::idunit::memory::MemoryIdStore;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut journal = SqliteJournal::open(&tmp.path().join("journal.sqlite")).expect("open");
+    let record = journal.register_idunit(2).expect("register");
+    let answer_to = |record: &IdUnitRecord, challenge: &[u8; 32]| {
+        let mut link = IdUnitLink::new(InProcessIdUnit::new(
+            IdUnit::new(MemoryIdStore::new(record.clone())).expect("id unit"),
+        ));
+        let bytes = link.authenticate(challenge).expect("answer");
+        IdentificationAnswer::parse(&bytes).expect("parse")
+    };
+    let challenge = [0x42; 32];
+    let answer = answer_to(&record, &challenge);
+
+    // Bound to the challenge.
+    assert!(matches!(
+        journal
+            .check_identification_answer(&[0x43; 32], &answer)
+            .expect("check"),
+        IdentificationCheck::Refused(IdentificationRefusal::NotAuthentic(_))
+    ));
+    let IdentificationCheck::Accepted(value) = journal
+        .check_identification_answer(&challenge, &answer)
+        .expect("check")
+    else {
+        panic!("a fresh value is accepted");
+    };
+    let mut entry = issued(SERIAL, 1);
+    entry.identification = Some(value);
+    journal.record(&entry).expect("record consumes the value");
+    assert!(matches!(
+        journal
+            .check_identification_answer(&challenge, &answer)
+            .expect("check"),
+        IdentificationCheck::Refused(IdentificationRefusal::Used(id)) if id == value
+    ));
+    // Consumed: a second record with the same value is refused and rolled back.
+    let mut again = issued(SERIAL, 2);
+    again.identification = Some(value);
+    assert!(matches!(
+        journal.record(&again),
+        Err(HostError::IdentificationNoLongerOpen(id)) if id == value
+    ));
+    assert_eq!(journal.entries().expect("entries").len(), 1);
+
+    // A foreign id unit.
+    let mut foreign = record.clone();
+    foreign.id = [0xAB; 16];
+    assert!(matches!(
+        journal
+            .check_identification_answer(&challenge, &answer_to(&foreign, &challenge))
+            .expect("check"),
+        IdentificationCheck::Refused(IdentificationRefusal::UnknownUnit(_))
+    ));
+    assert_eq!(
+        journal.idunits().expect("list"),
+        vec![(id_hex(&record.id), 1, 1)]
     );
 }

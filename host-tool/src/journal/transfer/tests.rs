@@ -27,6 +27,7 @@ fn issued_by(unit: &UnitCredentials, serial: &str, nonce: u8) -> IssuedCertifica
         certificate,
         nonce,
         tan: None,
+        identification: None,
     }
 }
 
