@@ -1,12 +1,15 @@
-//! Imprint's central system: the root key `C` of the operational PKI and the
-//! offline operations on it (DESIGN §2; claims 4–6).
+//! Imprint's central system: the root key `C` of the operational PKI, the
+//! offline operations on it, and the servers modules connect to (DESIGN §2;
+//! claims 1, 4–6, 11, 21).
 //!
 //! The central system is the root that module certificates chain to. It
 //! certifies personalization units (claim 6); a unit in turn certifies the
 //! central key for delivery into modules (claims 4–5), so a module learns `C`
-//! only through a unit it authenticated. Its network server (the operating
-//! channel, claim 11) comes later; this crate holds the key and what can be
-//! done with it offline.
+//! only through a unit it authenticated. In operation, [`server`] runs the
+//! operating channel and transaction sessions ([`operating`] holds their
+//! sans-IO steps, [`wire`] the frames, [`client`] the relaying host's side),
+//! [`tls`] the TLS endpoint for PKCS#11 applications, and [`registry`] the
+//! units, modules, key sets, journal and revocations.
 //!
 //! ```text
 //!   init ──▶ DIR/central.key  (PKCS#8 PEM, 0600)  ─┐

@@ -1,10 +1,11 @@
-//! `imprint-central`: the central system's offline operations.
+//! `imprint-central`: the central system's key operations, its servers and its registry.
 //!
 //! ```text
 //!  imprint-central init ──▶ DIR/central.key + DIR/central.pem
 //!  imprint-central init --pkcs11 MODULE --token LABEL ──▶ key in the token + DIR/central-key.toml + DIR/central.pem
 //!  unit's personalizer.csr ──▶ imprint-central certify-personalizer ──▶ by-central.pem
 //!  imprint-central show ──▶ subject, fingerprint, validity of DIR/central.pem
+//!  imprint-central serve --listen ADDR [--tls-listen ADDR] ──▶ operating server, TLS endpoint
 //!  imprint-central revoke / modules / transactions ──▶ DIR/registry.sqlite
 //! ```
 

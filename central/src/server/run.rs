@@ -139,8 +139,10 @@ pub fn run(
                 let admitting = Arc::clone(&service);
                 let admission: tls::Admission = Arc::new(move |unit, module| {
                     let serial = module.module_serial().unwrap_or_default().to_owned();
+                    // Called inside the handshake on a runtime thread; the
+                    // registry write syncs to disk.
                     admitting
-                        .with_registry(|registry| {
+                        .registry_blocking(|registry| {
                             registry.check_module(unit, &serial)?;
                             registry.module_seen(module, unit, super::now())
                         })
