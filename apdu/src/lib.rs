@@ -25,6 +25,7 @@ extern crate alloc;
 
 pub mod applet;
 pub mod channel;
+pub mod direct;
 #[cfg(feature = "std")]
 pub mod host;
 pub mod idunit;

@@ -137,6 +137,15 @@ pub mod tag {
     /// `0C CA DF 2A` in the personalization channel.
     pub const IDENTIFICATION: u32 = 0xDF2A;
 
+    /// The unit's offer of a direct network connection (claim 15): secured
+    /// PUT DATA `0C DA DF 2B` in the personalization channel, value
+    /// `80 address ‖ 81 ticket`, for the module's own network interface.
+    pub const DIRECT_CONNECTION: u32 = 0xDF2B;
+    /// Inside `DF2B`: the unit's address, UTF-8 `host:port`, 1 to 255 bytes.
+    pub const DIRECT_ADDRESS: u32 = 0x80;
+    /// Inside `DF2B`: the one-time ticket, 48 bytes (16-byte id ‖ 32-byte secret).
+    pub const DIRECT_TICKET: u32 = 0x81;
+
     /// The transaction key set (claim 11), in PUT DATA on the operating channel.
     pub const KEY_SET: u32 = 0xDF28;
     /// Inside `DF28`: identifier, 16 bytes.
@@ -232,6 +241,14 @@ pub mod len {
     pub const FIELD_DIGEST: usize = 48;
     /// Largest identification unit answer the module holds (bytes).
     pub const IDENTIFICATION_MAX: usize = 255;
+    /// The longest address in a direct-connection offer (claim 15).
+    pub const DIRECT_ADDRESS_MAX: usize = 255;
+    /// A direct-connection ticket: its id, then its secret.
+    pub const DIRECT_TICKET: usize = DIRECT_TICKET_ID + DIRECT_TICKET_SECRET;
+    /// The public part of a ticket, by which the unit finds the waiting run.
+    pub const DIRECT_TICKET_ID: usize = 16;
+    /// The secret part of a ticket, compared in constant time.
+    pub const DIRECT_TICKET_SECRET: usize = 32;
     /// A transaction key set identifier.
     pub const KEY_SET_ID: usize = 16;
     /// A transaction key set's key (AES-256 / HMAC-SHA384 input keying material).

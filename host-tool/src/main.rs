@@ -1341,6 +1341,7 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
         tan,
         require_tan: args.require_tan,
         require_identification: args.require_identification,
+        direct: None,
     };
     let mut idunit: Option<Box<dyn IdentificationSource>> =
         match (&args.idunit_module, &args.idunit_reader) {

@@ -34,6 +34,7 @@ use crate::channel::{
     derive_scalar, encode_point, parse_point, sha384,
 };
 use crate::iso::{CLA_CHAIN, CLA_SM, Command, Response, sw};
+use crate::direct::DirectConnection;
 use crate::keymem::{self, KeyMemory, KeyMemoryError, KeySetRecord, KeySlot, PinRecord, Records};
 use crate::pki::{self, Certificate};
 use crate::proto::{self, Lifecycle, ins, len, tag};
@@ -57,6 +58,13 @@ pub struct Applet<K: KeyMemory> {
     /// interface and held only in volatile memory until the unit fetches it
     /// inside the channel, a reset or the next SELECT.
     identification: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// The module's runtime has a network interface of its own and will open
+    /// a direct connection the unit offers (claim 15). Set by the runtime,
+    /// never by an APDU.
+    direct_capable: bool,
+    /// A direct connection the unit offered in the channel, until the
+    /// runtime takes it (volatile).
+    direct: Option<DirectConnection>,
     session: Session,
     chain: Option<Chain>,
     pending: Vec<u8>,
@@ -106,6 +114,8 @@ struct Established {
     unit_cert: Certificate,
     nonce: [u8; pki::NONCE_LEN],
     generated: Option<PublicKey>,
+    /// The unit already offered a direct connection in this channel.
+    direct_offered: bool,
 }
 
 struct Chain {
@@ -170,6 +180,8 @@ impl<K: KeyMemory> Applet<K> {
             pin_verified: false,
             tan: None,
             identification: None,
+            direct_capable: false,
+            direct: None,
             session: Session::None,
             chain: None,
             pending: Vec::new(),
@@ -202,6 +214,24 @@ impl<K: KeyMemory> Applet<K> {
         self.pin_verified
     }
 
+    /// Declares whether the module's runtime can open a network connection
+    /// of its own (claim 15). Only then does the applet accept the unit's
+    /// direct-connection offer; without it the offer gets `6A81` and the
+    /// unit carries on through its relay.
+    pub fn set_direct_capable(&mut self, capable: bool) {
+        self.direct_capable = capable;
+        if !capable {
+            self.direct = None;
+        }
+    }
+
+    /// The direct connection the unit offered in the current channel
+    /// (claim 15), once: the runtime opens it and then feeds the unit's
+    /// commands from it to [`Applet::process`].
+    pub fn take_direct_connection(&mut self) -> Option<DirectConnection> {
+        self.direct.take()
+    }
+
     /// A card reset or power cycle: drops the channel, chains, pending
     /// responses and the PIN verification.
     pub fn reset(&mut self) {
@@ -209,6 +239,7 @@ impl<K: KeyMemory> Applet<K> {
         self.pin_verified = false;
         self.tan = None;
         self.identification = None;
+        self.direct = None;
         self.session = Session::None;
         self.chain = None;
         self.pending.clear();
@@ -418,6 +449,7 @@ impl<K: KeyMemory> Applet<K> {
             ins::TERMINATE => self.terminate(p1, p2, plain),
             ins::PSO => self.compute_signature(p1, p2, plain),
             ins::INTERNAL_AUTHENTICATE => self.prove_tan(p1, p2, plain),
+            ins::PUT_DATA_OBJECT => self.accept_direct_offer(p1, p2, plain),
             _ => Err(Sw(sw::INS_NOT_SUPPORTED)),
         }
     }
@@ -432,6 +464,7 @@ impl<K: KeyMemory> Applet<K> {
         self.session = Session::None;
         self.tan = None;
         self.identification = None;
+        self.direct = None;
         if p1 != 0x04 || (p2 & 0xF3) != 0x00 {
             return Err(Sw(sw::WRONG_P1P2));
         }
@@ -686,6 +719,7 @@ impl<K: KeyMemory> Applet<K> {
             unit_cert,
             nonce,
             generated: None,
+            direct_offered: false,
         }));
         Ok(Vec::new())
     }
@@ -980,6 +1014,30 @@ impl<K: KeyMemory> Applet<K> {
         // Only the shape is checked: the unit judges the content.
         tlv::decode_single(data, tag::DYN_AUTH)?;
         self.identification = Some(zeroize::Zeroizing::new(data.to_vec()));
+        Ok(Vec::new())
+    }
+
+    /// Secured PUT DATA `0C DA DF 2B` in the personalization channel
+    /// (claim 15): the unit's offer of a direct connection. Held for the
+    /// runtime ([`Applet::take_direct_connection`]); once per channel.
+    /// `6A81` when the runtime has no network of its own: the unit then
+    /// stays on the relay.
+    fn accept_direct_offer(&mut self, p1: u8, p2: u8, data: &[u8]) -> Outcome {
+        if u32::from(u16::from_be_bytes([p1, p2])) != tag::DIRECT_CONNECTION {
+            return Err(Sw(sw::WRONG_P1P2));
+        }
+        let Session::Established(session) = &mut self.session else {
+            return Err(Sw(sw::SECURITY_STATUS));
+        };
+        if !self.direct_capable {
+            return Err(Sw(sw::FUNC_NOT_SUPPORTED));
+        }
+        if session.direct_offered {
+            return Err(Sw(sw::CONDITIONS));
+        }
+        let offer = DirectConnection::parse(data).map_err(|_| Sw(sw::WRONG_DATA))?;
+        session.direct_offered = true;
+        self.direct = Some(offer);
         Ok(Vec::new())
     }
 

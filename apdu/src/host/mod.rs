@@ -18,7 +18,7 @@ pub mod transport;
 
 pub use credentials::{ManufacturerCredentials, UnitCredentials};
 pub use personalize::{
-    Action, IssuanceJournal, IssuedCertificate, JournalError, Personalization,
+    Action, DirectOutcome, IssuanceJournal, IssuedCertificate, JournalError, Personalization,
     PersonalizationOptions, PersonalizationReport, PersonalizeError, personalize,
     personalize_with_identification, reset_module,
 };

@@ -36,6 +36,7 @@ use super::identification::{
     IdUnitError, IdentificationCheck, IdentificationRefusal, IdentificationSource,
 };
 use super::tan::{TAN_SALT_LEN, TanCheck, TanRefusal, tan_length_ok};
+use crate::direct::DirectConnection;
 use crate::idunit::IdentificationAnswer;
 
 /// Choices for one personalization.
@@ -59,6 +60,12 @@ pub struct PersonalizationOptions {
     /// The unit's policy (claims 16–18): personalize only after an
     /// identification unit connected by the user vouched for it.
     pub require_identification: bool,
+    /// Claim 15: once the channel is up, offer the module this direct
+    /// connection (secured PUT DATA `0C DA DF 2B`) and, if it accepts, move
+    /// the rest of the run onto it ([`Action::SwitchToDirect`]). A module
+    /// without a network of its own declines (`6A81`) and the run goes on
+    /// where it started.
+    pub direct: Option<DirectConnection>,
 }
 
 impl Default for PersonalizationOptions {
@@ -71,6 +78,7 @@ impl Default for PersonalizationOptions {
             tan: None,
             require_tan: false,
             require_identification: false,
+            direct: None,
         }
     }
 }
@@ -393,6 +401,12 @@ pub enum Action {
         /// The id unit's answer, as the module forwarded it.
         answer: Box<IdentificationAnswer>,
     },
+    /// The module accepted the direct-connection offer (claim 15): move the
+    /// transport onto the module's direct connection
+    /// ([`Transport::switch_to_direct`]), then call
+    /// [`Personalization::switched_to_direct`]. Every later command is still
+    /// under this channel's secure messaging.
+    SwitchToDirect,
     /// Finished; the module is OPERATING.
     Done,
 }
@@ -402,6 +416,8 @@ enum State {
     EnterTan,
     Open,
     Confirm,
+    OfferDirect,
+    AwaitSwitch,
     ProveTan,
     AwaitTanCheck,
     Identify,
@@ -448,6 +464,20 @@ pub struct Personalization<'u> {
     id_challenge: Option<[u8; len::CHALLENGE]>,
     id_answer: Option<IdentificationAnswer>,
     id_value: Option<i64>,
+    direct: DirectOutcome,
+}
+
+/// What became of the direct-connection offer (claim 15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DirectOutcome {
+    /// None was offered.
+    #[default]
+    NotOffered,
+    /// The module has no network of its own (`6A81`): the run stayed on its
+    /// first path.
+    Declined,
+    /// The run moved onto the module's direct connection after the handshake.
+    Switched,
 }
 
 impl<'u> Personalization<'u> {
@@ -501,6 +531,7 @@ impl<'u> Personalization<'u> {
             id_challenge: None,
             id_answer: None,
             id_value: None,
+            direct: DirectOutcome::NotOffered,
         })
     }
 
@@ -571,6 +602,42 @@ impl<'u> Personalization<'u> {
                 self.channel = None;
                 Err(PersonalizeError::IdentificationRefused(refusal))
             }
+        }
+    }
+
+    /// The driver moved the transport onto the direct connection
+    /// ([`Action::SwitchToDirect`]); the run goes on there.
+    pub fn switched_to_direct(&mut self) -> Result<(), PersonalizeError> {
+        if !matches!(self.state, State::AwaitSwitch) {
+            return Err(PersonalizeError::OutOfOrder);
+        }
+        self.direct = DirectOutcome::Switched;
+        self.state = self.after_channel();
+        Ok(())
+    }
+
+    /// What became of the direct-connection offer.
+    pub fn direct_outcome(&self) -> DirectOutcome {
+        self.direct
+    }
+
+    /// Right after the key confirmation: the direct-connection offer if
+    /// one is configured, else the TAN step.
+    fn after_confirmation(&self) -> State {
+        if self.options.direct.is_some() && !self.reset_only {
+            State::OfferDirect
+        } else {
+            self.after_channel()
+        }
+    }
+
+    /// Once the channel is on its final path: the TAN proof, if a TAN was
+    /// entered, before anything changes on the module.
+    fn after_channel(&self) -> State {
+        if self.options.tan.is_some() && !self.reset_only {
+            State::ProveTan
+        } else {
+            self.after_tan()
         }
     }
 
@@ -712,6 +779,17 @@ impl<'u> Personalization<'u> {
                     tlv::encode(tag::DYN_AUTH, &template),
                 )
             }
+            State::OfferDirect => {
+                let offer = self
+                    .options
+                    .direct
+                    .as_ref()
+                    .ok_or(PersonalizeError::OutOfOrder)?
+                    .encode();
+                let [p1, p2] = direct_tag_bytes();
+                self.secured([CLA_SM, ins::PUT_DATA_OBJECT, p1, p2], &offer)?
+            }
+            State::AwaitSwitch => Action::SwitchToDirect,
             State::Terminate => self.secured([CLA_SM, ins::TERMINATE, 0, 0], &[])?,
             State::Generate => {
                 let data = tlv::encode(tag::VARIATION, &self.options.variation);
@@ -790,11 +868,20 @@ impl<'u> Personalization<'u> {
                     th,
                     nonce,
                 });
-                self.state = if self.options.tan.is_some() && !self.reset_only {
-                    State::ProveTan
-                } else {
-                    self.after_tan()
-                };
+                self.state = self.after_confirmation();
+                Ok(())
+            }
+            State::OfferDirect => {
+                const STEP: &str = "PUT DATA (direct connection)";
+                let (_, inner) = self.open_secured(response, STEP)?;
+                match inner {
+                    sw::OK => self.state = State::AwaitSwitch,
+                    sw::FUNC_NOT_SUPPORTED => {
+                        self.direct = DirectOutcome::Declined;
+                        self.state = self.after_channel();
+                    }
+                    other => return Err(status(STEP, other)),
+                }
                 Ok(())
             }
             State::EnterTan => {
@@ -841,6 +928,7 @@ impl<'u> Personalization<'u> {
             | State::Identify
             | State::AwaitHandover
             | State::AwaitIdentificationCheck
+            | State::AwaitSwitch
             | State::Done => Err(PersonalizeError::OutOfOrder),
         }
     }
@@ -1121,6 +1209,11 @@ impl<'u> Personalization<'u> {
     }
 }
 
+fn direct_tag_bytes() -> [u8; 2] {
+    let [_, _, p1, p2] = tag::DIRECT_CONNECTION.to_be_bytes();
+    [p1, p2]
+}
+
 fn identification_tag_bytes() -> [u8; 2] {
     // DF2A fits two bytes: P1-P2 of GET DATA / PUT DATA name it.
     let [_, _, p1, p2] = tag::IDENTIFICATION.to_be_bytes();
@@ -1224,6 +1317,8 @@ pub struct PersonalizationReport {
     pub commands: u32,
     /// Wall time of the whole run.
     pub elapsed: Duration,
+    /// Whether the run moved onto a direct connection (claim 15).
+    pub direct: DirectOutcome,
 }
 
 /// Runs a personalization to the end over `link`, journaling the certificate
@@ -1277,6 +1372,7 @@ pub fn personalize_with_identification<T: Transport>(
         apdus: link.apdu_count() - apdus_before,
         commands: link.command_count() - commands_before,
         elapsed: started.elapsed(),
+        direct: flow.direct_outcome(),
     })
 }
 
@@ -1317,6 +1413,10 @@ fn drive<T: Transport>(
                 let check = journal.check_identification(&challenge, &answer)?;
                 flow.identification_checked(check)?;
             }
+            Action::SwitchToDirect => {
+                link.transport_mut().switch_to_direct()?;
+                flow.switched_to_direct()?;
+            }
             Action::Done => return Ok(()),
         }
     }
@@ -1339,7 +1439,8 @@ pub fn reset_module<T: Transport>(
             Action::Record(_)
             | Action::CheckTan { .. }
             | Action::Identify { .. }
-            | Action::CheckIdentification { .. } => {
+            | Action::CheckIdentification { .. }
+            | Action::SwitchToDirect => {
                 return Err(PersonalizeError::OutOfOrder);
             }
             Action::Done => return Ok(link.apdu_count() - before),
@@ -1376,6 +1477,7 @@ impl OpenChannel {
                 | Action::CheckTan { .. }
                 | Action::Identify { .. }
                 | Action::CheckIdentification { .. }
+                | Action::SwitchToDirect
                 | Action::Done => {
                     return Err(PersonalizeError::OutOfOrder);
                 }

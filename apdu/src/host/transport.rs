@@ -24,6 +24,13 @@ pub enum TransportError {
     /// An I/O error below the transport.
     #[error("transport i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The module accepted a direct connection (claim 15) but this transport
+    /// cannot move onto one.
+    #[error("this transport cannot move onto a direct connection to the module")]
+    DirectUnsupported,
+    /// The module accepted a direct connection (claim 15) but never opened it.
+    #[error("the module did not open the direct connection it accepted (in {0:?})")]
+    DirectNotOpened(Duration),
 }
 
 /// Moves one command APDU to the module and returns the response APDU bytes.
@@ -35,6 +42,13 @@ pub trait Transport {
     fn supports_extended_length(&self) -> bool {
         true
     }
+
+    /// Claim 15: the module accepted the unit's direct-connection offer;
+    /// from now on carry commands over the connection the module opens
+    /// instead of this one. Only the unit's network transport can.
+    fn switch_to_direct(&mut self) -> Result<(), TransportError> {
+        Err(TransportError::DirectUnsupported)
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for &mut T {
@@ -43,6 +57,9 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     }
     fn supports_extended_length(&self) -> bool {
         (**self).supports_extended_length()
+    }
+    fn switch_to_direct(&mut self) -> Result<(), TransportError> {
+        (**self).switch_to_direct()
     }
 }
 

@@ -110,8 +110,10 @@ pub trait Connection: Send {
 pub fn transport_error(err: TransportError) -> Error {
     match err {
         TransportError::Disconnected => Error::DeviceRemoved,
-        TransportError::ShortResponse | TransportError::TooLarge(_) | TransportError::Io(_) => {
-            Error::DeviceError
-        }
+        TransportError::ShortResponse
+        | TransportError::TooLarge(_)
+        | TransportError::Io(_)
+        | TransportError::DirectUnsupported
+        | TransportError::DirectNotOpened(_) => Error::DeviceError,
     }
 }
