@@ -88,11 +88,15 @@ fn manufactured_module(pki: &Pki, capable: bool) -> InProcessTransport<MemoryKey
 }
 
 fn instructions(path: &[Vec<u8>]) -> Vec<(u8, u8, u8)> {
-    path.iter().map(|apdu| (apdu[1], apdu[2], apdu[3])).collect()
+    path.iter()
+        .map(|apdu| (apdu[1], apdu[2], apdu[3]))
+        .collect()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }
 
 #[test]
@@ -107,7 +111,11 @@ fn the_offer_travels_sealed_and_the_run_finishes_on_the_direct_path() {
     assert_eq!(report.commands, 6, "the offer adds one command");
 
     let paths = link.into_transport();
-    assert_eq!(paths.taken.as_ref(), Some(&offer), "the module got the offer");
+    assert_eq!(
+        paths.taken.as_ref(),
+        Some(&offer),
+        "the module got the offer"
+    );
     // The relay carried the handshake and the sealed offer, nothing more.
     assert_eq!(
         instructions(&paths.relayed),
@@ -118,7 +126,10 @@ fn the_offer_travels_sealed_and_the_run_finishes_on_the_direct_path() {
             (ins::PUT_DATA_OBJECT, 0xDF, 0x2B),
         ]
     );
-    assert_eq!(paths.relayed[3][0], 0x0C, "the offer is under secure messaging");
+    assert_eq!(
+        paths.relayed[3][0], 0x0C,
+        "the offer is under secure messaging"
+    );
     for apdu in &paths.relayed {
         assert!(
             !contains(apdu, &offer.ticket[len::DIRECT_TICKET_ID..]),
@@ -140,8 +151,8 @@ fn a_module_without_a_network_declines_and_the_run_stays_where_it_started() {
     let pki = Pki::new();
     let mut link = CardLink::new(TwoPaths::new(manufactured_module(&pki, false)));
     let mut journal = RecordingJournal::default();
-    let report = personalize(&mut link, &mut journal, &pki.unit, options(offer()))
-        .expect("personalization");
+    let report =
+        personalize(&mut link, &mut journal, &pki.unit, options(offer())).expect("personalization");
     assert_eq!(report.direct, DirectOutcome::Declined);
     let paths = link.into_transport();
     assert!(paths.direct.is_empty());
@@ -187,7 +198,12 @@ fn the_applet_takes_an_offer_only_sealed_well_formed_and_once_per_channel() {
         .send([0x00, ins::PUT_DATA_OBJECT, 0xDF, 0x2B], &offer.encode())
         .unwrap();
     assert_eq!(plain.sw, sw::WRONG_P1P2);
-    assert!(link.transport_mut().applet_mut().take_direct_connection().is_none());
+    assert!(
+        link.transport_mut()
+            .applet_mut()
+            .take_direct_connection()
+            .is_none()
+    );
 
     let mut channel = OpenChannel::open(&mut link, &pki.unit).unwrap();
     let malformed = tlv::encode(tag::DIRECT_TICKET, &[0; 48]);
@@ -209,7 +225,10 @@ fn the_applet_takes_an_offer_only_sealed_well_formed_and_once_per_channel() {
         Some(offer.clone())
     );
     assert!(
-        link.transport_mut().applet_mut().take_direct_connection().is_none(),
+        link.transport_mut()
+            .applet_mut()
+            .take_direct_connection()
+            .is_none(),
         "taken once"
     );
 
@@ -220,7 +239,12 @@ fn the_applet_takes_an_offer_only_sealed_well_formed_and_once_per_channel() {
         sw::OK
     );
     link.transport_mut().applet_mut().reset();
-    assert!(link.transport_mut().applet_mut().take_direct_connection().is_none());
+    assert!(
+        link.transport_mut()
+            .applet_mut()
+            .take_direct_connection()
+            .is_none()
+    );
 }
 
 #[test]

@@ -28,6 +28,18 @@
 //!   | ◀──── PERSONALIZED (journal id, module certificate) or ERROR
 //! ```
 //!
+//! With a direct connection (claim 15), the unit hands the module an address
+//! and a ticket inside the channel; the module's runtime connects on its own:
+//!
+//! ```text
+//!  relay            personalization unit                 module runtime
+//!   | ◀── COMMAND (sealed PUT DATA DF2B: address, ticket) ─ … ─▶ held
+//!   | ◀── HANDED OVER       |                                 |
+//!   |   (idle, card held)   | ◀──────── DIRECT (ticket) ───── |  new connection
+//!   |                       | ◀──── COMMAND / RESPONSE ─────▶ |  same channel
+//!   | ◀── PERSONALIZED      | ──── PERSONALIZED or ERROR ───▶ |
+//! ```
+//!
 //! The APDUs and the sealed messages are end to end between the central
 //! system and the module; nothing in a frame is secret from the host, and
 //! nothing the host changes goes unnoticed by either end.
@@ -49,6 +61,9 @@ pub const SERIAL_LEN: usize = 8;
 
 /// Length of the unit's challenge to a relay.
 pub const RELAY_CHALLENGE_LEN: usize = 32;
+
+/// Length of a direct-connection ticket (claim 15): 16 bytes of id, 32 of secret.
+pub const DIRECT_TICKET_LEN: usize = 48;
 
 /// Length of a relay's public key on the wire (uncompressed SEC1 P-384).
 pub const RELAY_PUBLIC_KEY_LEN: usize = 97;
@@ -230,6 +245,12 @@ pub enum Frame {
         /// The module certificate (DER), as journaled.
         certificate: Vec<u8>,
     },
+    /// Module → unit, the first frame of a direct connection (claim 15):
+    /// the ticket the unit handed the module inside the channel.
+    Direct(DirectTicket),
+    /// Unit → relay: the module opened its direct connection; the relay
+    /// forwards nothing more and waits for the result (claim 15).
+    HandedOver,
     /// Central → host: the conversation failed; the connection closes.
     Error {
         /// Category.
@@ -237,6 +258,23 @@ pub enum Frame {
         /// Human-readable reason, never secret.
         reason: String,
     },
+}
+
+/// A direct-connection ticket on the wire. A bearer secret until the unit
+/// has used it: never printed, wiped when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DirectTicket(pub [u8; DIRECT_TICKET_LEN]);
+
+impl std::fmt::Debug for DirectTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirectTicket(<secret>)")
+    }
+}
+
+impl Drop for DirectTicket {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 /// A frame that does not decode.
@@ -269,6 +307,8 @@ mod kind {
     pub const RELAY_CHALLENGE: u8 = 0x0A;
     pub const RELAY_AUTH: u8 = 0x0B;
     pub const PERSONALIZED: u8 = 0x0C;
+    pub const DIRECT: u8 = 0x0D;
+    pub const HANDED_OVER: u8 = 0x0E;
 }
 
 impl Frame {
@@ -287,6 +327,8 @@ impl Frame {
             Self::RelayChallenge { .. } => "RELAY CHALLENGE",
             Self::RelayAuth { .. } => "RELAY AUTH",
             Self::Personalized { .. } => "PERSONALIZED",
+            Self::Direct(_) => "DIRECT",
+            Self::HandedOver => "HANDED OVER",
         }
     }
 
@@ -350,6 +392,11 @@ impl Frame {
                 out.extend_from_slice(&journal_id.to_be_bytes());
                 out.extend_from_slice(certificate);
             }
+            Self::Direct(ticket) => {
+                out.push(kind::DIRECT);
+                out.extend_from_slice(&ticket.0);
+            }
+            Self::HandedOver => out.push(kind::HANDED_OVER),
             Self::Error { code, reason } => {
                 out.push(kind::ERROR);
                 out.extend_from_slice(&code.code().to_be_bytes());
@@ -468,6 +515,10 @@ impl Frame {
                     certificate: certificate.to_vec(),
                 })
             }
+            kind::DIRECT => Ok(Self::Direct(DirectTicket(
+                body.try_into().map_err(|_| FrameError::BadBody("DIRECT"))?,
+            ))),
+            kind::HANDED_OVER => empty(Self::HandedOver, "HANDED OVER"),
             kind::ERROR => {
                 let (code, reason) = body
                     .split_first_chunk::<2>()

@@ -491,9 +491,20 @@ enum PersonalizerCommand {
         /// Connections served at once; more are refused as busy.
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
         max_connections: u64,
-        /// Seconds to wait for any frame from a relay.
+        /// Seconds to wait for any frame from a relay, and for a module's
+        /// direct connection after it accepted one.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout: u64,
+        /// Claim 15: once a relay has set up the channel, offer the module a
+        /// direct connection to this address (HOST:PORT, as the module can
+        /// reach this service; usually the public form of --listen). Modules
+        /// without a network of their own decline and stay on the relay.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "direct")]
+        direct_address: Option<String>,
+        /// Like --direct-address, with the address this service is bound to
+        /// (for a loopback or single-address host, and for --listen …:0).
+        #[arg(long)]
+        direct: bool,
     },
     /// The relays this unit knows (claim 14).
     #[command(subcommand)]
@@ -539,6 +550,11 @@ struct RelayArgs {
     /// Seconds to wait for the unit.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
+    /// Claim 15, with --module DIR: run the module with a network interface
+    /// of its own, so it accepts the unit's direct-connection offer and
+    /// finishes the personalization over its own connection to the unit.
+    #[arg(long, requires = "module")]
+    direct: bool,
 }
 
 #[derive(Subcommand)]
@@ -1172,30 +1188,45 @@ fn run_personalizer(command: PersonalizerCommand) -> anyhow::Result<()> {
             registered_relays_only,
             max_connections,
             timeout,
+            direct_address,
+            direct,
         } => {
             let config = remote::ServeConfig {
                 unit_dir: personalizer.clone(),
                 registered_relays_only,
                 max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
                 timeout: Duration::from_secs(timeout),
+                direct_address,
             };
-            let server = remote::Server::bind(&listen, config).with_context(|| {
+            let mut server = remote::Server::bind(&listen, config).with_context(|| {
                 format!(
                     "starting the personalization service of {}",
                     personalizer.display()
                 )
             })?;
-            out!("personalizer listening on {}", server.local_addr()?);
+            let bound = server.local_addr()?;
+            if direct {
+                if bound.ip().is_unspecified() {
+                    bail!(
+                        "--direct offers the bound address, and {bound} is no address a module can dial: give --direct-address HOST:PORT"
+                    );
+                }
+                server.set_direct_address(Some(bound.to_string()));
+            }
+            out!("personalizer listening on {bound}");
             server.run(Arc::new(|log: &remote::ConnectionLog| {
                 let serial = log.serial.as_deref().unwrap_or("-");
                 let relay = log.relay.as_deref().unwrap_or("-");
+                let direct = log
+                    .direct_peer
+                    .map_or_else(|| "-".to_owned(), |peer| peer.to_string());
                 match &log.result {
                     Ok(id) => out!(
-                        "peer={} relay={relay} serial={serial} result=installed journal={id}",
+                        "peer={} relay={relay} serial={serial} direct={direct} result=installed journal={id}",
                         log.peer
                     ),
                     Err(reason) => out!(
-                        "peer={} relay={relay} serial={serial} result=failed reason={reason:?}",
+                        "peer={} relay={relay} serial={serial} direct={direct} result=failed reason={reason:?}",
                         log.peer
                     ),
                 }
@@ -1271,28 +1302,56 @@ fn run_relay(args: RelayArgs) -> anyhow::Result<()> {
     let key = remote::load_relay_key(&relay_key)
         .with_context(|| format!("reading the relay key {}", relay_key.display()))?;
     let target = Target::from(target);
-    let mut link = target.open(false, ConnectOptions::exclusive())?;
     let timeout = Duration::from_secs(args.timeout);
-    let mut stream = imprint_central::client::connect(&personalizer, timeout)
-        .with_context(|| format!("connecting to the personalization unit at {personalizer}"))?;
-    let started = std::time::Instant::now();
-    let report =
-        remote::relay_personalization(&mut link, &mut stream, &key).with_context(|| {
+    let relay = |link: &mut dyn FnMut(
+        &mut std::net::TcpStream,
+    ) -> Result<remote::RelayReport, remote::RemoteError>| {
+        let mut stream = imprint_central::client::connect(&personalizer, timeout)
+            .with_context(|| format!("connecting to the personalization unit at {personalizer}"))?;
+        let started = std::time::Instant::now();
+        let report = link(&mut stream).with_context(|| {
             format!("relaying {target} to the personalization unit at {personalizer}")
         })?;
-    out!("serial:     {}", report.serial);
-    out!(
-        "relay key:  {}",
-        remote::key_fingerprint(key.verifying_key())
-    );
-    out!("commands:   {}", report.commands);
-    out!(
-        "time:       {:.1} ms",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
-    out!("journal id: {} (at the unit)", report.journal_id);
-    print_certificate("module certificate: ", &report.certificate);
-    Ok(())
+        out!("serial:     {}", report.serial);
+        out!(
+            "relay key:  {}",
+            remote::key_fingerprint(key.verifying_key())
+        );
+        out!("relayed:    {} commands", report.commands);
+        if report.handed_over {
+            out!("direct:     the module finished over its own connection to the unit");
+        }
+        out!(
+            "time:       {:.1} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        out!("journal id: {} (at the unit)", report.journal_id);
+        print_certificate("module certificate: ", &report.certificate);
+        anyhow::Ok(())
+    };
+    if !args.direct {
+        let mut link = target.open(false, ConnectOptions::exclusive())?;
+        return relay(&mut |stream| remote::relay_personalization(&mut link, stream, &key));
+    }
+    let Target::Module(dir) = &target else {
+        bail!(remote::RemoteError::DirectNeedsModule);
+    };
+    let applet = module::open(dir, false)?.into_transport().into_applet();
+    let networked = remote::NetworkedModule::new(applet, timeout);
+    let mut link = CardLink::new(networked.clone());
+    let relayed = relay(&mut |stream| remote::relay_personalization(&mut link, stream, &key));
+    // The module's own side of the story: what its direct connection did.
+    for run in networked.finish_direct_runs() {
+        match run {
+            Ok(run) => out!(
+                "module:     dialed {} itself; {} commands over the direct connection",
+                run.address,
+                run.commands
+            ),
+            Err(err) => eprintln!("module: its direct connection failed: {err}"),
+        }
+    }
+    relayed
 }
 
 fn open_unit(dir: &Path) -> anyhow::Result<imprint_apdu::host::UnitCredentials> {

@@ -1,6 +1,7 @@
 //! Remote personalization through a relay (claim 14): the unit as a network
 //! service (`remote::Server`), a relay with its own registered key, and
-//! misbehaving relays built from the same library pieces.
+//! misbehaving relays built from the same library pieces. Claim 15 at the
+//! end: the relay only sets up a direct connection between module and unit.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use imprint_apdu::host::manufacture::manufacture;
 use imprint_apdu::host::transport::{Transport, TransportError};
 use imprint_apdu::host::{CardLink, UnitCredentials};
 use imprint_apdu::iso::CLA_SM;
+use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::pki::verify_issued_by;
 use imprint_apdu::proto::{Lifecycle, ins};
 use imprint_central::client;
@@ -96,18 +98,24 @@ impl World {
                 registered_relays_only,
                 max_connections,
                 timeout,
+                direct_address: None,
             },
         )
         .expect("bind");
-        let address = server.local_addr().expect("address");
-        let (sender, receiver) = channel();
-        std::thread::spawn(move || {
-            let _ = server.run(Arc::new(move |log: &ConnectionLog| {
-                let _ = sender.send(log.clone());
-            }));
-        });
-        (address, receiver)
+        spawn(server)
     }
+}
+
+/// Runs `server` in a thread; its connection logs arrive on the receiver.
+fn spawn(server: Server) -> (SocketAddr, Receiver<ConnectionLog>) {
+    let address = server.local_addr().expect("address");
+    let (sender, receiver) = channel();
+    std::thread::spawn(move || {
+        let _ = server.run(Arc::new(move |log: &ConnectionLog| {
+            let _ = sender.send(log.clone());
+        }));
+    });
+    (address, receiver)
 }
 
 fn connect(address: SocketAddr) -> TcpStream {
@@ -577,4 +585,232 @@ fn a_silent_relay_times_out_and_a_full_unit_answers_busy() {
     let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
     assert!(log.result.is_err(), "{log:?}");
     assert!(world.journal().presentations().expect("p").is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Claim 15: the relay's connections only set up a direct connection.
+
+impl World {
+    /// A service that offers modules a direct connection to itself.
+    fn serve_direct(&self, timeout: Duration) -> (SocketAddr, Receiver<ConnectionLog>) {
+        let mut server = Server::bind(
+            "127.0.0.1:0",
+            ServeConfig {
+                unit_dir: self.unit_dir.clone(),
+                registered_relays_only: true,
+                max_connections: 4,
+                timeout,
+                direct_address: None,
+            },
+        )
+        .expect("bind");
+        let address = server.local_addr().expect("address");
+        server.set_direct_address(Some(address.to_string()));
+        spawn(server)
+    }
+
+    /// The module in `dir`, run with a network interface of its own.
+    fn networked(&self, dir: &Path) -> remote::NetworkedModule<FileKeyMemory> {
+        let applet = module::open(dir, false)
+            .expect("module")
+            .into_transport()
+            .into_applet();
+        remote::NetworkedModule::new(applet, Duration::from_secs(10))
+    }
+}
+
+#[test]
+fn claim15_relay_connections_only_set_up_a_direct_connection_between_module_and_unit() {
+    let mut world = World::new();
+    let key = world.relay_key("phone-1", true);
+    let (address, logs) = world.serve_direct(Duration::from_secs(10));
+    let (module_dir, serial) = world.module();
+    let networked = world.networked(&module_dir);
+
+    let mut local = CardLink::new(networked.clone());
+    let mut stream = connect(address);
+    let report =
+        remote::relay_personalization(&mut local, &mut stream, &key).expect("personalized");
+    assert!(report.handed_over, "the unit moved the run off the relay");
+    // The relay carried its own SELECT, the unit's SELECT, the two-step
+    // handshake and the sealed offer: nothing that changes the module.
+    assert_eq!(report.commands, 5, "{report:?}");
+
+    let runs = networked.finish_direct_runs();
+    assert_eq!(runs.len(), 1);
+    let run = runs
+        .into_iter()
+        .next()
+        .expect("one run")
+        .expect("direct run");
+    assert_eq!(
+        run.address,
+        address.to_string(),
+        "the module dialed the unit itself"
+    );
+    assert_eq!(
+        run.commands, 2,
+        "GENERATE and PUT DATA went over the direct connection"
+    );
+    assert_eq!(run.journal_id, report.journal_id);
+    assert_eq!(run.certificate.der(), report.certificate.der());
+
+    // The module is OPERATING with the unit's certificate.
+    let (lifecycle_now, installed) =
+        networked.with_applet(|applet| (applet.lifecycle(), applet.records().module_cert.clone()));
+    assert_eq!(lifecycle_now, Lifecycle::Operating);
+    assert_eq!(installed.as_deref(), Some(report.certificate.der()));
+    verify_issued_by(&report.certificate, &world.unit.cert_by_central, 0)
+        .expect("issued by the unit");
+
+    // The unit journaled it, knows the relay that presented the module
+    // (claim 14) and the module's own connection that finished the run.
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    assert_eq!(log.serial.as_deref(), Some(serial.as_str()));
+    assert_eq!(log.relay.as_deref(), Some("phone-1"));
+    let direct_peer = log.direct_peer.expect("a direct peer");
+    assert_ne!(
+        Some(direct_peer),
+        stream.local_addr().ok(),
+        "not the relay's connection"
+    );
+    let journal = world.journal();
+    let entries = journal.entries_for(&serial).expect("entries");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].status, IssuanceStatus::Installed);
+    assert_eq!(Ok(entries[0].id), log.result);
+    let presentation = &journal.presentations().expect("presentations")[0];
+    assert_eq!(presentation.outcome, "installed");
+    assert_eq!(presentation.direct_peer, Some(direct_peer.to_string()));
+}
+
+#[test]
+fn a_module_without_a_network_declines_and_the_relay_carries_the_whole_run() {
+    let mut world = World::new();
+    let key = world.relay_key("phone-1", true);
+    let (address, logs) = world.serve_direct(Duration::from_secs(10));
+    let (module_dir, _serial) = world.module();
+    let mut link = module::open(&module_dir, false).expect("module");
+    let mut stream = connect(address);
+    let report = remote::relay_personalization(&mut link, &mut stream, &key).expect("relayed");
+    drop(link);
+    assert!(!report.handed_over);
+    assert_eq!(
+        report.commands, 7,
+        "the claim 14 run and the declined offer"
+    );
+    assert_eq!(lifecycle(&module_dir), Lifecycle::Operating);
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    assert_eq!(log.direct_peer, None);
+    assert_eq!(
+        world.journal().presentations().expect("presentations")[0].direct_peer,
+        None
+    );
+}
+
+#[test]
+fn a_module_that_accepts_but_never_dials_leaves_nothing_issued() {
+    let mut world = World::new();
+    let key = world.relay_key("phone-1", true);
+    let (address, logs) = world.serve_direct(Duration::from_secs(2));
+    let (module_dir, serial) = world.module();
+    // Says it has a network, then never uses it.
+    let link = module::open(&module_dir, false).expect("module");
+    let mut module = link.into_transport();
+    module.applet_mut().set_direct_capable(true);
+    let mut link = CardLink::new(module);
+    let mut stream = connect(address);
+    let err = remote::relay_personalization(&mut link, &mut stream, &key)
+        .expect_err("no direct connection");
+    drop(link);
+    assert!(
+        err.to_string()
+            .contains("did not open the direct connection"),
+        "{err}"
+    );
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    assert!(log.result.is_err(), "{log:?}");
+    assert_eq!(lifecycle(&module_dir), Lifecycle::Personalization);
+    assert!(
+        module::status(&module_dir)
+            .expect("status")
+            .module_cert
+            .is_none()
+    );
+    assert!(
+        world
+            .journal()
+            .entries_for(&serial)
+            .expect("entries")
+            .is_empty(),
+        "nothing issued"
+    );
+}
+
+#[test]
+fn a_relay_that_resets_the_module_after_the_hand_over_only_stops_the_run() {
+    let mut world = World::new();
+    let key = world.relay_key("rogue", true);
+    let (address, logs) = world.serve_direct(Duration::from_secs(10));
+    let (module_dir, serial) = world.module();
+    let networked = world.networked(&module_dir);
+
+    /// Forwards until the offer, then resets the card under the module.
+    struct ResetAfterOffer(remote::NetworkedModule<FileKeyMemory>);
+    impl Transport for ResetAfterOffer {
+        fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+            let response = self.0.process(command);
+            if command.get(1) == Some(&ins::PUT_DATA_OBJECT) {
+                // The module's runtime took the offer; now the card loses power.
+                self.0.with_applet(|applet| applet.reset());
+            }
+            Ok(response)
+        }
+    }
+    let mut local = CardLink::new(ResetAfterOffer(networked.clone()));
+    let mut stream = connect(address);
+    let err = remote::relay_personalization(&mut local, &mut stream, &key)
+        .expect_err("the channel died with the reset");
+    assert!(matches!(err, RemoteError::Refused { .. }), "{err:?}");
+    let runs = networked.finish_direct_runs();
+    assert!(
+        runs.iter().all(Result::is_err),
+        "the module's side failed too"
+    );
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    assert!(log.result.is_err(), "{log:?}");
+    assert!(networked.with_applet(|applet| applet.records().module_cert.is_none()));
+    assert_eq!(
+        networked.with_applet(|applet| applet.lifecycle()),
+        Lifecycle::Personalization
+    );
+    assert!(
+        world
+            .journal()
+            .entries_for(&serial)
+            .expect("entries")
+            .is_empty(),
+        "nothing issued"
+    );
+}
+
+#[test]
+fn a_forged_direct_ticket_is_refused() {
+    let world = World::new();
+    let (address, logs) = world.serve_direct(Duration::from_secs(10));
+    let mut stream = connect(address);
+    wire::write_frame(
+        &mut stream,
+        &Frame::Direct(wire::DirectTicket([0x42; wire::DIRECT_TICKET_LEN])),
+    )
+    .expect("send");
+    match wire::read_frame(&mut stream).expect("answer") {
+        Frame::Error { code, reason } => {
+            assert_eq!(code, ErrorCode::Refused);
+            assert!(reason.contains("no personalization waits"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    assert!(log.result.is_err());
 }

@@ -33,8 +33,8 @@ use crate::channel::{
     self, ChannelKind, HandshakeValues, OperatingValues, Role, SecureMessaging, SessionKeys,
     derive_scalar, encode_point, parse_point, sha384,
 };
-use crate::iso::{CLA_CHAIN, CLA_SM, Command, Response, sw};
 use crate::direct::DirectConnection;
+use crate::iso::{CLA_CHAIN, CLA_SM, Command, Response, sw};
 use crate::keymem::{self, KeyMemory, KeyMemoryError, KeySetRecord, KeySlot, PinRecord, Records};
 use crate::pki::{self, Certificate};
 use crate::proto::{self, Lifecycle, ins, len, tag};

@@ -29,13 +29,17 @@ fn malformed_offers_are_refused_precisely() {
     let ticket_only = tlv::encode(tag::DIRECT_TICKET, &[0; 48]);
     assert_eq!(
         DirectConnection::parse(&ticket_only),
-        Err(DirectOfferError::Tlv(TlvError::MissingTag(tag::DIRECT_ADDRESS)))
+        Err(DirectOfferError::Tlv(TlvError::MissingTag(
+            tag::DIRECT_ADDRESS
+        )))
     );
     let mut short_ticket = tlv::encode(tag::DIRECT_ADDRESS, b"h:1");
     tlv::write(&mut short_ticket, tag::DIRECT_TICKET, &[0; 47]);
     assert_eq!(
         DirectConnection::parse(&short_ticket),
-        Err(DirectOfferError::Tlv(TlvError::WrongLength(tag::DIRECT_TICKET)))
+        Err(DirectOfferError::Tlv(TlvError::WrongLength(
+            tag::DIRECT_TICKET
+        )))
     );
     let mut empty_address = tlv::encode(tag::DIRECT_ADDRESS, b"");
     tlv::write(&mut empty_address, tag::DIRECT_TICKET, &[0; 48]);
@@ -45,7 +49,10 @@ fn malformed_offers_are_refused_precisely() {
     );
     let mut not_utf8 = tlv::encode(tag::DIRECT_ADDRESS, &[0xFF, 0x3A, 0x31]);
     tlv::write(&mut not_utf8, tag::DIRECT_TICKET, &[0; 48]);
-    assert_eq!(DirectConnection::parse(&not_utf8), Err(DirectOfferError::Address));
+    assert_eq!(
+        DirectConnection::parse(&not_utf8),
+        Err(DirectOfferError::Address)
+    );
     let mut long_address = tlv::encode(tag::DIRECT_ADDRESS, &[b'a'; 256]);
     tlv::write(&mut long_address, tag::DIRECT_TICKET, &[0; 48]);
     assert_eq!(
@@ -56,7 +63,9 @@ fn malformed_offers_are_refused_precisely() {
     doubled.extend_from_slice(&tlv::encode(tag::DIRECT_TICKET, &[0; 48]));
     assert_eq!(
         DirectConnection::parse(&doubled),
-        Err(DirectOfferError::Tlv(TlvError::DuplicateTag(tag::DIRECT_TICKET)))
+        Err(DirectOfferError::Tlv(TlvError::DuplicateTag(
+            tag::DIRECT_TICKET
+        )))
     );
     let mut extra = good.to_vec();
     extra.extend_from_slice(&[0x82, 0x00]);

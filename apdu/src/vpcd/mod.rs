@@ -186,23 +186,43 @@ impl<'a> Message<'a> {
     }
 }
 
+/// What a virtual card runs: an APDU processor with volatile state that a
+/// power cycle drops. The applet is one; a runtime that shares the applet
+/// with a network interface of its own (claim 15) is another.
+pub trait CardApplet {
+    /// Processes one command APDU and returns the response APDU.
+    fn process(&mut self, apdu: &[u8]) -> Vec<u8>;
+    /// Power off, power on or reset: the volatile state is gone.
+    fn reset(&mut self);
+}
+
+impl<K: KeyMemory> CardApplet for Applet<K> {
+    fn process(&mut self, apdu: &[u8]) -> Vec<u8> {
+        Applet::process(self, apdu)
+    }
+
+    fn reset(&mut self) {
+        Applet::reset(self);
+    }
+}
+
 /// The applet dressed as a card: it answers `vpcd`'s messages.
-pub struct VirtualCard<K: KeyMemory> {
-    applet: Applet<K>,
+pub struct VirtualCard<A: CardApplet> {
+    applet: A,
     atr: Vec<u8>,
     powered: bool,
     apdus: u64,
 }
 
-impl<K: KeyMemory> VirtualCard<K> {
+impl<A: CardApplet> VirtualCard<A> {
     /// A card running `applet` with our [`ATR`]. It starts unpowered.
-    pub fn new(applet: Applet<K>) -> Self {
+    pub fn new(applet: A) -> Self {
         Self::with_atr(applet, ATR.to_vec())
     }
 
     /// A card running `applet` that answers with another ATR (tests, or a
     /// deployment that must look like a particular product).
-    pub fn with_atr(applet: Applet<K>, atr: Vec<u8>) -> Self {
+    pub fn with_atr(applet: A, atr: Vec<u8>) -> Self {
         Self {
             applet,
             atr,
@@ -217,17 +237,17 @@ impl<K: KeyMemory> VirtualCard<K> {
     }
 
     /// The applet.
-    pub fn applet(&self) -> &Applet<K> {
+    pub fn applet(&self) -> &A {
         &self.applet
     }
 
     /// The applet, mutably.
-    pub fn applet_mut(&mut self) -> &mut Applet<K> {
+    pub fn applet_mut(&mut self) -> &mut A {
         &mut self.applet
     }
 
     /// Takes the applet back.
-    pub fn into_applet(self) -> Applet<K> {
+    pub fn into_applet(self) -> A {
         self.applet
     }
 
@@ -374,9 +394,9 @@ pub type Events<'e> = dyn FnMut(&Event<'_>) + 'e;
 /// (with `n = 0`, at the first APDU, unprocessed). However the connection
 /// ends, the card is then [removed](VirtualCard::remove): its volatile state
 /// is gone.
-pub fn run_connection<K: KeyMemory>(
+pub fn run_connection<A: CardApplet>(
     mut stream: TcpStream,
-    card: &mut VirtualCard<K>,
+    card: &mut VirtualCard<A>,
     fail_after_apdus: Option<u64>,
     events: &mut Events<'_>,
 ) -> Result<ConnectionEnd, VpcdError> {
@@ -385,14 +405,14 @@ pub fn run_connection<K: KeyMemory>(
     result
 }
 
-fn exchange<K: KeyMemory>(
+fn exchange<A: CardApplet>(
     stream: &mut TcpStream,
-    card: &mut VirtualCard<K>,
+    card: &mut VirtualCard<A>,
     fail_after_apdus: Option<u64>,
     events: &mut Events<'_>,
 ) -> Result<ConnectionEnd, VpcdError> {
     stream.set_nodelay(true)?;
-    let limit_reached = |card: &VirtualCard<K>| {
+    let limit_reached = |card: &VirtualCard<A>| {
         fail_after_apdus.is_some_and(|limit| card.apdus_processed() >= limit)
     };
     let mut header = [0u8; 2];
@@ -601,9 +621,9 @@ pub enum ServeOutcome {
 /// `vpcd` listens with an accept backlog, so while another card holds the
 /// reader a connection attempt still succeeds; `vpcd` then talks to this card
 /// only when the other leaves.
-pub fn serve<K: KeyMemory>(
+pub fn serve<A: CardApplet>(
     addr: SocketAddr,
-    card: &mut VirtualCard<K>,
+    card: &mut VirtualCard<A>,
     options: &ServeOptions,
     events: &mut Events<'_>,
 ) -> ServeOutcome {

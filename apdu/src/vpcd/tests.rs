@@ -9,7 +9,7 @@ use crate::iso::sw;
 use crate::keymem::memory::MemoryKeyMemory;
 use crate::proto::{Lifecycle, ins, tag};
 
-fn card() -> VirtualCard<MemoryKeyMemory> {
+fn card() -> VirtualCard<Applet<MemoryKeyMemory>> {
     VirtualCard::new(Applet::new(MemoryKeyMemory::new([7; 48])).unwrap())
 }
 
@@ -29,7 +29,7 @@ fn sw_of(response: &[u8]) -> u16 {
     u16::from_be_bytes([response[response.len() - 2], response[response.len() - 1]])
 }
 
-fn apdu_sw(card: &mut VirtualCard<MemoryKeyMemory>, apdu: &[u8]) -> u16 {
+fn apdu_sw(card: &mut VirtualCard<Applet<MemoryKeyMemory>>, apdu: &[u8]) -> u16 {
     sw_of(&card.handle_message(apdu).expect("an APDU is answered"))
 }
 
@@ -135,7 +135,7 @@ fn control_codes_and_apdus() {
 
 #[test]
 fn power_off_reset_and_removal_drop_volatile_state_and_keep_persistent_state() {
-    type PowerDrop = fn(&mut VirtualCard<MemoryKeyMemory>);
+    type PowerDrop = fn(&mut VirtualCard<Applet<MemoryKeyMemory>>);
     let ways: [(&str, PowerDrop); 4] = [
         ("power off", |card| {
             assert_eq!(card.handle_message(&[0]), None)
@@ -257,11 +257,11 @@ fn listener() -> (TcpListener, SocketAddr) {
 /// Runs `run_connection` on a thread; returns its result and the card.
 fn connection_thread(
     addr: SocketAddr,
-    mut card: VirtualCard<MemoryKeyMemory>,
+    mut card: VirtualCard<Applet<MemoryKeyMemory>>,
     fail_after_apdus: Option<u64>,
 ) -> thread::JoinHandle<(
     Result<ConnectionEnd, VpcdError>,
-    VirtualCard<MemoryKeyMemory>,
+    VirtualCard<Applet<MemoryKeyMemory>>,
 )> {
     thread::spawn(move || {
         let stream = TcpStream::connect(addr).unwrap();
@@ -384,7 +384,7 @@ fn serve_thread(
     addr: SocketAddr,
     options: ServeOptions,
 ) -> (
-    thread::JoinHandle<(ServeOutcome, VirtualCard<MemoryKeyMemory>)>,
+    thread::JoinHandle<(ServeOutcome, VirtualCard<Applet<MemoryKeyMemory>>)>,
     Log,
 ) {
     let log = Log::default();

@@ -50,6 +50,8 @@ fn samples() -> Vec<Frame> {
             journal_id: 42,
             certificate: vec![0x30, 0x82, 0x01],
         },
+        Frame::Direct(DirectTicket([0x5A; DIRECT_TICKET_LEN])),
+        Frame::HandedOver,
         Frame::Error {
             code: ErrorCode::Refused,
             reason: "module revoked".into(),
@@ -115,6 +117,18 @@ fn malformed_bodies_get_precise_errors() {
     assert_eq!(
         Frame::decode_payload(&[0x09, 0, 99]),
         Err(FrameError::BadBody("ERROR"))
+    );
+    assert_eq!(
+        Frame::decode_payload(&[0x0D; 48]),
+        Err(FrameError::BadBody("DIRECT"))
+    );
+    assert_eq!(
+        Frame::decode_payload(&[0x0D; 50]),
+        Err(FrameError::BadBody("DIRECT"))
+    );
+    assert_eq!(
+        Frame::decode_payload(&[0x0E, 0]),
+        Err(FrameError::BadBody("HANDED OVER"))
     );
     assert_eq!(
         Frame::decode_payload(&[0x7F]),
@@ -198,4 +212,13 @@ fn the_relay_digest_binds_challenge_serial_and_unit() {
     assert_ne!(relay_auth_digest(&[9; 32], &serial, &unit), digest);
     assert_ne!(relay_auth_digest(&challenge, &[9; 8], &unit), digest);
     assert_ne!(relay_auth_digest(&challenge, &serial, &[9; 48]), digest);
+}
+
+#[test]
+fn a_direct_ticket_is_never_printed() {
+    let printed = format!(
+        "{:?}",
+        Frame::Direct(DirectTicket([0x5A; DIRECT_TICKET_LEN]))
+    );
+    assert_eq!(printed, "Direct(DirectTicket(<secret>))");
 }

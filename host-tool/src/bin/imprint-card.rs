@@ -7,6 +7,11 @@
 //!  PC/SC clients ─▶ pcscd ─▶ vpcd reader "Virtual PCD 00 00" :35963 ◀──┘
 //! ```
 //!
+//! With `--direct` the module has a network interface of its own (claim 15):
+//! when a personalization unit offers a direct connection inside the
+//! channel, this process dials the unit and finishes the personalization
+//! over that connection, sharing the applet with the reader's side.
+//!
 //! Exit status: 0 after SIGINT, SIGTERM or SIGHUP (the current APDU finishes,
 //! the card leaves the reader); 1 on a start-up error; 86 when
 //! `--fail-after-apdus` fires (the response to the last APDU is never sent).
@@ -16,12 +21,15 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::Parser;
 use imprint_apdu::Applet;
+use imprint_apdu::Lifecycle;
 use imprint_apdu::keymem::file::FileKeyMemory;
-use imprint_apdu::vpcd::{self, Event, ServeOptions, ServeOutcome, VirtualCard};
+use imprint_apdu::vpcd::{self, CardApplet, Event, ServeOptions, ServeOutcome, VirtualCard};
+use imprint_host::remote::NetworkedModule;
 
 /// The exit status when `--fail-after-apdus` fires.
 const FAIL_INJECTED_EXIT: u8 = 86;
@@ -53,6 +61,13 @@ struct Cli {
     /// status 86 without sending the last response.
     #[arg(long, value_name = "N")]
     fail_after_apdus: Option<u64>,
+    /// Give the module a network interface of its own (claim 15): accept a
+    /// personalization unit's direct-connection offer and dial it.
+    #[arg(long)]
+    direct: bool,
+    /// With --direct: seconds to wait for the unit on the direct connection.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    direct_timeout: u64,
     /// Log nothing but errors.
     #[arg(long, short)]
     quiet: bool,
@@ -70,8 +85,41 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let applet = open_applet(&cli.module)?;
+    if cli.direct {
+        let module = NetworkedModule::new(applet, Duration::from_secs(cli.direct_timeout));
+        let lifecycle = module.with_applet(|applet| applet.lifecycle());
+        let code = serve(cli, VirtualCard::new(module.clone()), lifecycle);
+        for run in module.finish_direct_runs() {
+            match run {
+                Ok(run) => log(
+                    cli,
+                    &format!(
+                        "direct connection to {}: {} commands, journal {} at the unit",
+                        run.address, run.commands, run.journal_id
+                    ),
+                ),
+                Err(err) => eprintln!("imprint-card: direct connection failed: {err}"),
+            }
+        }
+        return code;
+    }
+    let lifecycle = applet.lifecycle();
+    serve(cli, VirtualCard::new(applet), lifecycle)
+}
+
+fn log(cli: &Cli, line: &str) {
+    if !cli.quiet {
+        eprintln!("imprint-card: {line}");
+    }
+}
+
+fn serve<A: CardApplet>(
+    cli: &Cli,
+    mut card: VirtualCard<A>,
+    lifecycle: Lifecycle,
+) -> anyhow::Result<ExitCode> {
     let addr = resolve(&cli.vpcd)?;
-    let mut card = open_card(&cli.module)?;
     let options = ServeOptions {
         fail_after_apdus: cli.fail_after_apdus,
         ..ServeOptions::default()
@@ -79,16 +127,15 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let stop = options.stop.clone();
     ctrlc::set_handler(move || stop.stop()).context("cannot install the signal handler")?;
 
-    let quiet = cli.quiet;
-    let log = |line: &str| {
-        if !quiet {
-            eprintln!("imprint-card: {line}");
-        }
-    };
+    let log = |line: &str| log(cli, line);
     log(&format!(
-        "module {} ({}), vpcd reader at {addr}",
+        "module {} ({lifecycle}{}), vpcd reader at {addr}",
         cli.module.display(),
-        card.applet().lifecycle()
+        if cli.direct {
+            ", direct connections"
+        } else {
+            ""
+        }
     ));
     let outcome = vpcd::serve(addr, &mut card, &options, &mut |event| match event {
         Event::Connected { addr } => log(&format!("connected to vpcd at {addr} (card inserted)")),
@@ -137,7 +184,7 @@ fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("--vpcd {addr:?} resolves to no address"))
 }
 
-fn open_card(dir: &Path) -> anyhow::Result<VirtualCard<FileKeyMemory>> {
+fn open_applet(dir: &Path) -> anyhow::Result<Applet<FileKeyMemory>> {
     let memory = FileKeyMemory::open(dir).map_err(|err| {
         if err.kind() == std::io::ErrorKind::WouldBlock {
             anyhow!(
@@ -148,7 +195,5 @@ fn open_card(dir: &Path) -> anyhow::Result<VirtualCard<FileKeyMemory>> {
             anyhow::Error::new(err).context(format!("cannot open module directory {}", dir.display()))
         }
     })?;
-    let applet = Applet::new(memory)
-        .with_context(|| format!("cannot load the module in {}", dir.display()))?;
-    Ok(VirtualCard::new(applet))
+    Applet::new(memory).with_context(|| format!("cannot load the module in {}", dir.display()))
 }

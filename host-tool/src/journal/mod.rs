@@ -155,6 +155,10 @@ const MIGRATIONS: &[&str] = &[
         issuance_id INTEGER REFERENCES issuance (id)
     );
     CREATE INDEX idvalue_idunit ON idvalue (idunit);",
+    // Version 6, claim 15: the peer address of the module's direct connection
+    // when a relayed run moved onto one after the handshake (NULL: the run
+    // stayed on the relay).
+    "ALTER TABLE relay_presentations ADD COLUMN direct_peer TEXT;",
 ];
 
 /// The schema version this tool writes.

@@ -50,6 +50,9 @@ pub struct RelayPresentation {
     pub outcome: String,
     /// When the relay authenticated (seconds since the Unix epoch).
     pub presented_at: i64,
+    /// The peer address of the module's direct connection, when the run
+    /// moved onto one after the handshake (claim 15).
+    pub direct_peer: Option<String>,
 }
 
 /// The fingerprint of a relay key: SHA-384 of its uncompressed SEC1 encoding, hex.
@@ -169,6 +172,18 @@ impl SqliteJournal {
         Ok(())
     }
 
+    /// Notes that the run of presentation `id` moved onto the module's direct
+    /// connection from `peer` (claim 15).
+    pub fn set_presentation_direct_peer(&mut self, id: i64, peer: &str) -> Result<(), HostError> {
+        self.conn
+            .execute(
+                "UPDATE relay_presentations SET direct_peer = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, peer, now_i64()],
+            )
+            .map_err(sqlite(&self.path, "cannot update a relay presentation"))?;
+        Ok(())
+    }
+
     /// Records how the run of presentation `id` ended.
     pub fn finish_presentation(&mut self, id: i64, outcome: &str) -> Result<(), HostError> {
         self.conn
@@ -185,7 +200,8 @@ impl SqliteJournal {
         let mut statement = self
             .conn
             .prepare(
-                "SELECT p.id, p.serial, p.relay_fingerprint, r.name, p.journal_id, p.outcome, p.presented_at
+                "SELECT p.id, p.serial, p.relay_fingerprint, r.name, p.journal_id, p.outcome, p.presented_at,
+                        p.direct_peer
                  FROM relay_presentations p LEFT JOIN relays r ON r.id = p.relay_id
                  ORDER BY p.id",
             )
@@ -200,6 +216,7 @@ impl SqliteJournal {
                     journal_id: row.get(4)?,
                     outcome: row.get(5)?,
                     presented_at: row.get(6)?,
+                    direct_peer: row.get(7)?,
                 })
             })
             .map_err(sqlite(&self.path, "cannot query relay presentations"))?;

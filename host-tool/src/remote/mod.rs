@@ -19,14 +19,19 @@
 //! secured APDUs it cannot read, and any change it makes is detected by the
 //! module's or the unit's MAC and counter checks.
 //!
-//! Claim 15 (a direct connection set up through the relay) is not
-//! implemented: every APDU of the run goes through the relay.
+//! Claim 15: a unit started with a direct address offers the module, inside
+//! the channel, that address and a one-time ticket ([`direct`]). A module
+//! whose runtime has a network of its own dials the unit, and the run goes on
+//! over that connection, in the same channel; the relay is told HANDED OVER
+//! and only waits for the result. A module without a network declines
+//! (`6A81`) and the run stays on the relay.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use imprint_apdu::host::personalize::SelectInfo;
@@ -54,8 +59,11 @@ use crate::journal::SqliteJournal;
 use crate::journal::relays::relay_fingerprint;
 use crate::roles::{self, Personalizer};
 
+pub mod direct;
 #[cfg(test)]
 mod tests;
+
+pub use direct::{DirectRun, DirectTickets, NetworkedModule, TicketRefusal};
 
 /// The relay's private key file in its directory.
 pub const RELAY_KEY: &str = "relay.key";
@@ -128,6 +136,18 @@ pub enum RemoteError {
     /// The operating system's random generator failed.
     #[error("the operating system random generator failed")]
     Random,
+    /// A DIRECT frame whose ticket no run waits for.
+    #[error(transparent)]
+    Ticket(#[from] TicketRefusal),
+    /// A module's direct connection ended without a result (its thread stopped).
+    #[error("the module's direct connection ended without a result")]
+    DirectRunLost,
+    /// The relay was asked for a direct connection on a module it cannot run one for.
+    #[error(
+        "--direct needs a module in this process (--module DIR); a card in a reader \
+         opens its direct connection from its own runtime (imprint-card --direct)"
+    )]
+    DirectNeedsModule,
 }
 
 impl RemoteError {
@@ -139,7 +159,8 @@ impl RemoteError {
             Self::InvalidRelayKey
             | Self::RelaySignature
             | Self::UnregisteredRelay(_)
-            | Self::SerialMismatch => ErrorCode::Refused,
+            | Self::SerialMismatch
+            | Self::Ticket(_) => ErrorCode::Refused,
             Self::Personalize(PersonalizeError::Transport(TransportError::Io(err)))
                 if is_timeout(err) =>
             {
@@ -215,8 +236,13 @@ pub struct ServeConfig {
     pub registered_relays_only: bool,
     /// Connections served at once; more are answered with ERROR (busy).
     pub max_connections: usize,
-    /// How long the unit waits for any frame.
+    /// How long the unit waits for any frame, and for a module's direct
+    /// connection after it accepted the offer.
     pub timeout: Duration,
+    /// Claim 15: the address (`host:port`) the unit offers modules for a
+    /// direct connection, once the relay has set up the channel. `None`:
+    /// every run stays on its relay.
+    pub direct_address: Option<String>,
 }
 
 /// How one connection ended, for the unit's log.
@@ -228,6 +254,8 @@ pub struct ConnectionLog {
     pub serial: Option<String>,
     /// The relay: its registered name, or `unregistered:<fingerprint>`.
     pub relay: Option<String>,
+    /// The module's direct connection, when the run moved onto one (claim 15).
+    pub direct_peer: Option<SocketAddr>,
     /// `Ok(journal id)` when the module committed its certificate.
     pub result: Result<i64, String>,
 }
@@ -238,6 +266,7 @@ pub struct Server {
     config: ServeConfig,
     unit: Arc<UnitCredentials>,
     active: Arc<AtomicUsize>,
+    tickets: Arc<DirectTickets>,
 }
 
 impl Server {
@@ -256,6 +285,7 @@ impl Server {
             config,
             unit: Arc::new(unit),
             active: Arc::new(AtomicUsize::new(0)),
+            tickets: Arc::new(DirectTickets::default()),
         })
     }
 
@@ -267,6 +297,13 @@ impl Server {
                 address: "the bound socket".into(),
                 source,
             })
+    }
+
+    /// Offers modules a direct connection to `address` (claim 15), or no
+    /// longer does (`None`). For a service bound to port 0, whose address is
+    /// known only now.
+    pub fn set_direct_address(&mut self, address: Option<String>) {
+        self.config.direct_address = address;
     }
 
     /// Serves connections forever, one thread each (the personalization flow
@@ -293,24 +330,30 @@ impl Server {
             let unit = Arc::clone(&self.unit);
             let config = self.config.clone();
             let active = Arc::clone(&self.active);
+            let tickets = Arc::clone(&self.tickets);
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
-                let entry = serve_connection(stream, &unit, &config);
+                let entry = serve_connection(stream, &unit, &config, &tickets);
                 active.fetch_sub(1, Ordering::SeqCst);
-                log(&entry);
+                if let Some(entry) = entry {
+                    log(&entry);
+                }
             });
         }
         Ok(())
     }
 }
 
-/// Serves one relay connection to the end and says how it went. Failures
-/// are answered with an ERROR frame (best effort: the peer may be gone).
+/// Serves one connection to the end and says how it went: a relay's
+/// (HELLO), or a module's direct connection (DIRECT, claim 15), which is
+/// handed to the run waiting for its ticket and logged by that run (`None`).
+/// Failures are answered with an ERROR frame (best effort: the peer may be gone).
 pub fn serve_connection(
     mut stream: TcpStream,
     unit: &UnitCredentials,
     config: &ServeConfig,
-) -> ConnectionLog {
+    tickets: &DirectTickets,
+) -> Option<ConnectionLog> {
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -318,24 +361,65 @@ pub fn serve_connection(
         peer,
         serial: None,
         relay: None,
+        direct_peer: None,
         result: Err(String::new()),
     };
-    let result = run_connection(&mut stream, unit, config, &mut log);
+    let mut direct = None;
+    let result = match first_frame(&mut stream, config) {
+        Ok(Frame::Hello {
+            purpose: Purpose::Personalize,
+            serial,
+        }) => run_connection(
+            &mut stream,
+            serial,
+            unit,
+            config,
+            tickets,
+            &mut log,
+            &mut direct,
+        ),
+        Ok(Frame::Direct(ticket)) => match stream.try_clone() {
+            Ok(handle) => match tickets.redeem(&ticket, handle) {
+                Ok(()) => return None,
+                Err(refusal) => Err(refusal.into()),
+            },
+            Err(err) => Err(WireError::Io(err).into()),
+        },
+        Ok(Frame::Hello { .. }) => Err(RemoteError::WrongPurpose),
+        Ok(other) => Err(RemoteError::Unexpected(other.name())),
+        Err(err) => Err(err),
+    };
+    log.direct_peer = direct
+        .as_ref()
+        .and_then(|stream: &TcpStream| stream.peer_addr().ok());
     log.result = match result {
         Ok(id) => Ok(id),
         Err(err) => {
             let reason = error_chain(&err);
-            let _ = write_frame(
-                &mut stream,
-                &Frame::Error {
-                    code: err.code(),
-                    reason: reason.clone(),
-                },
-            );
+            let frame = Frame::Error {
+                code: err.code(),
+                reason: reason.clone(),
+            };
+            for stream in std::iter::once(&mut stream).chain(direct.as_mut()) {
+                let _ = write_frame(stream, &frame);
+            }
             Err(reason)
         }
     };
-    log
+    Some(log)
+}
+
+/// Sets the connection's deadlines and reads its first frame.
+fn first_frame(stream: &mut TcpStream, config: &ServeConfig) -> Result<Frame, RemoteError> {
+    configure(stream, config.timeout)?;
+    Ok(read_frame(stream)?)
+}
+
+fn configure(stream: &TcpStream, timeout: Duration) -> Result<(), WireError> {
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    Ok(())
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -352,27 +436,17 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// One relayed run, after the relay's HELLO for `serial`. When the module
+/// moves onto a direct connection, that connection ends up in `direct`.
 fn run_connection(
     stream: &mut TcpStream,
+    serial: [u8; pki::SERIAL_LEN],
     unit: &UnitCredentials,
     config: &ServeConfig,
+    tickets: &DirectTickets,
     log: &mut ConnectionLog,
+    direct: &mut Option<TcpStream>,
 ) -> Result<i64, RemoteError> {
-    stream
-        .set_read_timeout(Some(config.timeout))
-        .map_err(WireError::Io)?;
-    stream
-        .set_write_timeout(Some(config.timeout))
-        .map_err(WireError::Io)?;
-    stream.set_nodelay(true).map_err(WireError::Io)?;
-    let serial = match read_frame(stream)? {
-        Frame::Hello {
-            purpose: Purpose::Personalize,
-            serial,
-        } => serial,
-        Frame::Hello { .. } => return Err(RemoteError::WrongPurpose),
-        other => return Err(RemoteError::Unexpected(other.name())),
-    };
     let serial_hex = pki::serial_hex(&serial);
     log.serial = Some(serial_hex.clone());
 
@@ -419,17 +493,33 @@ fn run_connection(
 
     let mut variation = vec![0u8; 32];
     getrandom::fill(&mut variation).map_err(|_| RemoteError::Random)?;
+    let ticket = match &config.direct_address {
+        Some(address) => Some(tickets.issue(address, config.timeout)?),
+        None => None,
+    };
     let options = PersonalizationOptions {
         variation,
+        direct: ticket.as_ref().map(|ticket| ticket.offer.clone()),
         ..PersonalizationOptions::default()
     };
-    let mut link = CardLink::new(FrameTransport::new(stream, serial));
+    let mut transport = FrameTransport::new(stream, serial);
+    if let Some(ticket) = &ticket {
+        transport = transport.with_direct_arrival(&ticket.arrival, config.timeout);
+    }
+    let mut link = CardLink::new(transport);
     let mut presenting = PresentingJournal {
         journal: &mut journal,
         presentation,
     };
     let result = personalize(&mut link, &mut presenting, unit, options);
-    let serial_mismatch = link.transport_mut().serial_mismatch;
+    let transport = link.into_transport();
+    let serial_mismatch = transport.serial_mismatch;
+    *direct = transport.direct;
+    // A ticket the module never used is withdrawn here, whatever happened.
+    drop(ticket);
+    if let Some(peer) = direct.as_ref().and_then(|stream| stream.peer_addr().ok()) {
+        journal.set_presentation_direct_peer(presentation, &peer.to_string())?;
+    }
     let result = match result {
         Err(_) if serial_mismatch => Err(RemoteError::SerialMismatch),
         other => other.map_err(RemoteError::from),
@@ -437,13 +527,16 @@ fn run_connection(
     match result {
         Ok(report) => {
             journal.finish_presentation(presentation, "installed")?;
-            write_frame(
-                stream,
-                &Frame::Personalized {
-                    journal_id: u64::try_from(report.journal_id).unwrap_or_default(),
-                    certificate: report.certificate.der().to_vec(),
-                },
-            )?;
+            let done = Frame::Personalized {
+                journal_id: u64::try_from(report.journal_id).unwrap_or_default(),
+                certificate: report.certificate.der().to_vec(),
+            };
+            // The module's runtime learns the result on its own connection;
+            // the relay (and its user) on theirs.
+            if let Some(direct) = direct.as_mut() {
+                let _ = write_frame(direct, &done);
+            }
+            write_frame(stream, &done)?;
             Ok(report.journal_id)
         }
         Err(err) => {
@@ -482,11 +575,17 @@ impl IssuanceJournal for PresentingJournal<'_> {
 /// goes out as a COMMAND frame (header and data field), each RESPONSE frame
 /// comes back as the response APDU. The relay does chaining and GET RESPONSE
 /// with the module, so this transport takes extended lengths.
+///
+/// With a direct-connection ticket (claim 15), [`Transport::switch_to_direct`]
+/// tells the relay HANDED OVER, waits for the module's own connection, and
+/// carries every later command over it.
 pub struct FrameTransport<'a> {
     stream: &'a mut TcpStream,
     expected_serial: [u8; pki::SERIAL_LEN],
     exchanges: u32,
     serial_mismatch: bool,
+    arrival: Option<(&'a Receiver<TcpStream>, Duration)>,
+    direct: Option<TcpStream>,
 }
 
 impl<'a> FrameTransport<'a> {
@@ -497,6 +596,26 @@ impl<'a> FrameTransport<'a> {
             expected_serial: serial,
             exchanges: 0,
             serial_mismatch: false,
+            arrival: None,
+            direct: None,
+        }
+    }
+
+    /// Lets the run move onto the module's direct connection, which arrives
+    /// on `arrival` within `timeout` of the switch.
+    pub fn with_direct_arrival(
+        mut self,
+        arrival: &'a Receiver<TcpStream>,
+        timeout: Duration,
+    ) -> Self {
+        self.arrival = Some((arrival, timeout));
+        self
+    }
+
+    fn path(&mut self) -> &mut TcpStream {
+        match &mut self.direct {
+            Some(direct) => direct,
+            None => self.stream,
         }
     }
 }
@@ -518,14 +637,14 @@ impl Transport for FrameTransport<'_> {
         let parsed =
             Command::parse(command).map_err(|_| TransportError::TooLarge(command.len()))?;
         write_frame(
-            self.stream,
+            self.path(),
             &Frame::Command {
                 header: [parsed.cla, parsed.ins, parsed.p1, parsed.p2],
                 data: parsed.data.to_vec(),
             },
         )
         .map_err(wire_to_transport)?;
-        let (data, status) = match read_frame(self.stream).map_err(wire_to_transport)? {
+        let (data, status) = match read_frame(self.path()).map_err(wire_to_transport)? {
             Frame::Response { data, sw } => (data, sw),
             other => {
                 return Err(TransportError::Io(io::Error::new(
@@ -552,6 +671,22 @@ impl Transport for FrameTransport<'_> {
         bytes.extend_from_slice(&status.to_be_bytes());
         Ok(bytes)
     }
+
+    fn switch_to_direct(&mut self) -> Result<(), TransportError> {
+        let (arrival, timeout) = self
+            .arrival
+            .take()
+            .ok_or(TransportError::DirectUnsupported)?;
+        // From here the relay forwards nothing: it holds the module (so the
+        // card is not reset) and waits for the result.
+        write_frame(self.stream, &Frame::HandedOver).map_err(wire_to_transport)?;
+        let direct = arrival
+            .recv_timeout(timeout)
+            .map_err(|_| TransportError::DirectNotOpened(timeout))?;
+        configure(&direct, timeout).map_err(wire_to_transport)?;
+        self.direct = Some(direct);
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -568,6 +703,9 @@ pub struct RelayReport {
     pub certificate: Certificate,
     /// Logical commands relayed to the module, SELECT included.
     pub commands: u32,
+    /// The unit moved the run onto the module's own direct connection after
+    /// the handshake (claim 15); the relay forwarded nothing after that.
+    pub handed_over: bool,
 }
 
 /// SELECT: the module's serial (it must be manufactured).
@@ -635,7 +773,18 @@ pub fn relay_personalization<T: Transport>(
         },
     )?;
     authenticate_relay(stream, key, &serial)?;
-    match client::relay(link, stream) {
+    let mut outcome = client::relay(link, stream);
+    let commands = link.command_count() - before;
+    let handed_over = matches!(outcome, Ok(Frame::HandedOver));
+    if handed_over {
+        // Claim 15: the module talks to the unit directly now. The relay
+        // keeps the module connected, untouched, until the unit reports.
+        outcome = read_frame(stream).map_err(ClientError::from);
+        if let Ok(Frame::Error { code, reason }) = outcome {
+            outcome = Err(ClientError::Central { code, reason });
+        }
+    }
+    match outcome {
         Ok(Frame::Personalized {
             journal_id,
             certificate,
@@ -644,7 +793,8 @@ pub fn relay_personalization<T: Transport>(
             journal_id,
             certificate: Certificate::from_der(&certificate)
                 .map_err(|_| RemoteError::Unexpected("PERSONALIZED (certificate)"))?,
-            commands: link.command_count() - before,
+            commands,
+            handed_over,
         }),
         Ok(other) => Err(RemoteError::Unexpected(other.name())),
         Err(ClientError::Central { code, reason }) => Err(RemoteError::Refused { code, reason }),
