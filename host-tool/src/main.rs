@@ -1269,9 +1269,10 @@ fn run_personalizer(command: PersonalizerCommand) -> anyhow::Result<()> {
                     .journal_id
                     .map_or_else(|| "-".to_owned(), |id| id.to_string());
                 out!(
-                    "serial={} relay={relay} journal={journal_id} at={} outcome={}",
+                    "serial={} relay={relay} journal={journal_id} at={} direct={} outcome={}",
                     presentation.serial,
                     display::utc(u64::try_from(presentation.presented_at).unwrap_or_default()),
+                    presentation.direct_peer.as_deref().unwrap_or("-"),
                     presentation.outcome
                 );
             }

@@ -1,6 +1,8 @@
-//! Claim 14 through the real PC/SC stack: the module is `imprint-card` in a
-//! vpcd reader of the machine's `pcscd`, the unit a real `imprint
-//! personalizer serve` on loopback, and the relay `imprint relay --reader`.
+//! Claims 14 and 15 through the real PC/SC stack: the module is
+//! `imprint-card` in a vpcd reader of the machine's `pcscd`, the unit a real
+//! `imprint personalizer serve` on loopback, and the relay `imprint relay
+//! --reader`. For claim 15 the card runs with `--direct`: a module with a
+//! network of its own, which finishes over its own connection to the unit.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -36,11 +38,12 @@ struct Service {
 }
 
 impl Service {
-    fn start(unit: &Path) -> Self {
+    fn start(unit: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_imprint"))
             .args(["personalizer", "serve", "--personalizer"])
             .arg(unit)
             .args(["--listen", "127.0.0.1:0", "--registered-relays-only"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -115,7 +118,7 @@ fn claim14_mobile_appliance_relays_and_identifies_the_module_indirectly_over_pcs
     ]);
     assert!(output.status.success(), "{}", text(&output.stderr));
 
-    let service = Service::start(&unit_dir);
+    let service = Service::start(&unit_dir, &[]);
 
     // An unregistered relay is refused; the card is untouched.
     let refused = imprint(&[
@@ -200,4 +203,96 @@ fn claim14_mobile_appliance_relays_and_identifies_the_module_indirectly_over_pcs
             && logged[1].contains("result=installed"),
         "{logged:?}"
     );
+}
+
+#[test]
+fn claim15_relay_over_pcscd_only_sets_up_the_modules_direct_connection_to_the_unit() {
+    let Some(harness) = PcscHarness::new(false) else {
+        return;
+    };
+    let mut harness = harness.with_card_args(&["--direct"]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let world = tmp.path().join("world");
+    demo::run_demo(&world, 1).expect("the three roles");
+    let unit_dir = world.join("personalizer");
+    let manufacturer = Manufacturer::open(&world.join("manufacturer")).expect("manufacturer");
+    let (mut link, _) = harness.blank_module();
+    let made = manufacture(&mut link, manufacturer.credentials(), 20).expect("manufacture");
+    drop(link);
+    let reader = harness.reader_name().to_owned();
+
+    let relay_dir = tmp.path().join("phone");
+    let output = imprint(&["relay", "init", "--dir", &relay_dir.display().to_string()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let unit_arg = unit_dir.display().to_string();
+    let output = imprint(&[
+        "personalizer",
+        "relay",
+        "register",
+        "--personalizer",
+        &unit_arg,
+        "--name",
+        "phone",
+        "--public-key",
+        &relay_dir.join("relay.pub.pem").display().to_string(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let service = Service::start(&unit_dir, &["--direct"]);
+
+    let relayed = imprint(&[
+        "relay",
+        "--reader",
+        &reader,
+        "--personalizer",
+        &service.address,
+        "--relay-key",
+        &relay_dir.display().to_string(),
+    ]);
+    let stdout = text(&relayed.stdout);
+    assert!(
+        relayed.status.success(),
+        "{stdout}{}",
+        text(&relayed.stderr)
+    );
+    // Through pcscd the relay carried SELECT twice, the handshake and the
+    // sealed offer; the card's own process did the rest over the network.
+    assert!(stdout.contains("relayed:    5 commands"), "{stdout}");
+    assert!(
+        stdout.contains("direct:     the module finished over its own connection"),
+        "{stdout}"
+    );
+
+    let transport = PcscTransport::open(&reader, imprint_host::pcsc::ConnectOptions::exclusive())
+        .expect("reader");
+    let mut link = imprint_apdu::host::CardLink::new(transport);
+    let status = read_status(&mut link).expect("status");
+    drop(link);
+    assert_eq!(status.info.lifecycle, Lifecycle::Operating);
+    let unit = Personalizer::open(&unit_dir).expect("unit");
+    verify_issued_by(
+        &status.module_cert.expect("module certificate"),
+        &unit.cert_by_central,
+        0,
+    )
+    .expect("issued by the unit");
+
+    let logged = service
+        .lines
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("a log line");
+    assert!(
+        logged.contains(&format!("serial={}", made.serial))
+            && logged.contains("relay=phone")
+            && logged.contains("direct=127.0.0.1:")
+            && logged.contains("result=installed"),
+        "{logged}"
+    );
+    let list = imprint(&["personalizer", "relay", "list", "--personalizer", &unit_arg]);
+    let listing = text(&list.stdout);
+    let row = listing
+        .lines()
+        .find(|line| line.starts_with(&format!("serial={} relay=phone ", made.serial)))
+        .unwrap_or_else(|| panic!("no presentation: {listing}"));
+    assert!(row.contains(" direct=127.0.0.1:"), "{row}");
+    assert!(row.ends_with("outcome=installed"), "{row}");
 }

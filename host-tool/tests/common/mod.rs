@@ -243,6 +243,7 @@ pub fn assert_consistent(dir: &Path, central_root: &Certificate) -> Records {
 pub struct PcscHarness {
     reader: Reader,
     short_apdus: bool,
+    card_args: Vec<&'static str>,
     card: Option<CardProcess>,
     dirs: Vec<tempfile::TempDir>,
     _lock: File,
@@ -257,6 +258,7 @@ impl PcscHarness {
         Some(Self {
             reader,
             short_apdus,
+            card_args: vec!["--quiet"],
             card: None,
             dirs: Vec::new(),
             _lock: lock,
@@ -265,6 +267,13 @@ impl PcscHarness {
 }
 
 impl PcscHarness {
+    /// Every card this harness inserts from now on runs `imprint-card` with
+    /// these arguments too (e.g. `--direct`, a network of its own).
+    pub fn with_card_args(mut self, args: &[&'static str]) -> Self {
+        self.card_args.extend_from_slice(args);
+        self
+    }
+
     /// The vpcd reader's PC/SC name.
     pub fn reader_name(&self) -> &str {
         &self.reader.name
@@ -280,7 +289,7 @@ impl imprint_tests::claims::Harness for PcscHarness {
         let dir = tempfile::tempdir().expect("tempdir");
         let module = dir.path().join("module");
         self.dirs.push(dir);
-        let card = insert_card(&self.reader, &module, &["--quiet"]);
+        let card = insert_card(&self.reader, &module, &self.card_args);
         let options = ConnectOptions::exclusive().short_apdus(self.short_apdus);
         let transport = PcscTransport::open(&self.reader.name, options).unwrap_or_else(|err| {
             panic!(
