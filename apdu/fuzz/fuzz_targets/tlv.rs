@@ -1,10 +1,12 @@
-//! The strict BER-TLV decoder: `read_one`, `decode_single`, `decode_fields`.
+//! The strict BER-TLV decoder: `read_one`, `decode_single`, `decode_fields`,
+//! and the direct-connection offer built on it (claim 15).
 //!
 //! Besides "never panics", checks the property that makes the decoder strict:
 //! every accepted data object re-encodes to exactly the bytes it was read from.
 
 #![no_main]
 
+use imprint_apdu::direct::DirectConnection;
 use imprint_apdu::proto::tag;
 use imprint_apdu::tlv;
 use libfuzzer_sys::fuzz_target;
@@ -45,6 +47,12 @@ fuzz_target!(|data: &[u8]| {
     check_fields(data, HANDSHAKE);
     check_fields(data, BUNDLE);
     check_fields(data, GENERATED);
+
+    // An accepted offer re-encodes to an offer that parses to the same thing.
+    if let Ok(offer) = DirectConnection::parse(data) {
+        let again = DirectConnection::parse(&offer.encode()).expect("re-encoded offer");
+        assert_eq!(again, offer);
+    }
 });
 
 /// Whatever `decode_fields` accepts is a set of distinct, known tags that
