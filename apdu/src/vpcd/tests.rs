@@ -9,7 +9,10 @@ use crate::iso::sw;
 use crate::keymem::memory::MemoryKeyMemory;
 use crate::proto::{Lifecycle, ins, tag};
 
-fn card() -> VirtualCard<Applet<MemoryKeyMemory>> {
+/// The applet on RAM key memory, as a virtual card.
+type TestCard = VirtualCard<Applet<MemoryKeyMemory>>;
+
+fn card() -> TestCard {
     VirtualCard::new(Applet::new(MemoryKeyMemory::new([7; 48])).unwrap())
 }
 
@@ -29,7 +32,7 @@ fn sw_of(response: &[u8]) -> u16 {
     u16::from_be_bytes([response[response.len() - 2], response[response.len() - 1]])
 }
 
-fn apdu_sw(card: &mut VirtualCard<Applet<MemoryKeyMemory>>, apdu: &[u8]) -> u16 {
+fn apdu_sw(card: &mut TestCard, apdu: &[u8]) -> u16 {
     sw_of(&card.handle_message(apdu).expect("an APDU is answered"))
 }
 
@@ -135,7 +138,7 @@ fn control_codes_and_apdus() {
 
 #[test]
 fn power_off_reset_and_removal_drop_volatile_state_and_keep_persistent_state() {
-    type PowerDrop = fn(&mut VirtualCard<Applet<MemoryKeyMemory>>);
+    type PowerDrop = fn(&mut TestCard);
     let ways: [(&str, PowerDrop); 4] = [
         ("power off", |card| {
             assert_eq!(card.handle_message(&[0]), None)
@@ -257,12 +260,9 @@ fn listener() -> (TcpListener, SocketAddr) {
 /// Runs `run_connection` on a thread; returns its result and the card.
 fn connection_thread(
     addr: SocketAddr,
-    mut card: VirtualCard<Applet<MemoryKeyMemory>>,
+    mut card: TestCard,
     fail_after_apdus: Option<u64>,
-) -> thread::JoinHandle<(
-    Result<ConnectionEnd, VpcdError>,
-    VirtualCard<Applet<MemoryKeyMemory>>,
-)> {
+) -> thread::JoinHandle<(Result<ConnectionEnd, VpcdError>, TestCard)> {
     thread::spawn(move || {
         let stream = TcpStream::connect(addr).unwrap();
         let result = run_connection(stream, &mut card, fail_after_apdus, &mut |_| {});
@@ -383,10 +383,7 @@ fn describe(event: &Event<'_>) -> String {
 fn serve_thread(
     addr: SocketAddr,
     options: ServeOptions,
-) -> (
-    thread::JoinHandle<(ServeOutcome, VirtualCard<Applet<MemoryKeyMemory>>)>,
-    Log,
-) {
+) -> (thread::JoinHandle<(ServeOutcome, TestCard)>, Log) {
     let log = Log::default();
     let events = Arc::clone(&log);
     let handle = thread::spawn(move || {

@@ -59,9 +59,12 @@ pub struct DirectRun {
 /// connections it opens. Clones share the module.
 pub struct NetworkedModule<K: KeyMemory + Send + 'static> {
     applet: Arc<Mutex<Applet<K>>>,
-    runs: Arc<Mutex<Vec<JoinHandle<Result<DirectRun, RemoteError>>>>>,
+    runs: Arc<Mutex<Vec<DirectRunThread>>>,
     timeout: Duration,
 }
+
+/// The thread of one direct connection, until it is joined.
+type DirectRunThread = JoinHandle<Result<DirectRun, RemoteError>>;
 
 impl<K: KeyMemory + Send + 'static> Clone for NetworkedModule<K> {
     fn clone(&self) -> Self {
