@@ -252,6 +252,9 @@ enum Misbehaviour {
     /// for the next. On a re-personalization the previous response is
     /// TERMINATE's: secured under this very channel, only out of turn.
     ShiftResponsesFromGenerate,
+    /// Forwards PUT DATA, then flips one bit of the module's answer: the
+    /// module has committed, the unit cannot know it.
+    FlipPutDataResponse,
 }
 
 /// A relay's module side that tampers: between the COMMAND frames and the module.
@@ -358,6 +361,12 @@ impl<T: Transport> Transport for Tamper<T> {
                 let stale = self.stale_response();
                 self.held_response = Some(self.forward(command)?);
                 Ok(stale)
+            }
+            Misbehaviour::FlipPutDataResponse if ins_byte == Some(ins::PUT_DATA) => {
+                self.done = true;
+                let mut response = self.forward(command)?;
+                response[0] ^= 0x01;
+                Ok(response)
             }
             _ => self.forward(command),
         }
@@ -524,6 +533,50 @@ fn a_relay_that_reorders_apdus_is_detected() {
         }
         assert_refused_and_nothing_issued(&world, &logs, mode, run);
     }
+}
+
+#[test]
+fn a_relay_that_garbles_the_answer_to_put_data_leaves_an_operating_module_with_a_failed_entry() {
+    // The last answer of the channel can always be lost on its way: this is
+    // a card pulled right after it committed (docs/station.md §4), not
+    // unchecked material. The module verified and committed the bundle; the
+    // unit, unable to open the answer, marks the entry failed, and the
+    // module holds exactly that entry's certificate.
+    let mut world = World::new();
+    let key = world.relay_key("last-word", true);
+    let (address, logs) = world.serve(true);
+    let mode = Misbehaviour::FlipPutDataResponse;
+    let module = world.module();
+    let run = relay_tampered(address, &key, mode, module, &world.journal());
+    drop(run.relay);
+    match &run.error {
+        RemoteError::Refused { code, reason } => {
+            assert_eq!(*code, ErrorCode::ModuleError, "{reason}");
+            assert!(reason.contains("PUT DATA"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    assert!(log.result.is_err(), "{log:?}");
+    let status = module::status(&run.module_dir).expect("status");
+    assert_eq!(status.info.lifecycle, Lifecycle::Operating);
+    let certificate = status.module_cert.expect("module certificate");
+    let journal = world.journal();
+    let entries = journal.entries_for(&run.serial).expect("entries");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].status, IssuanceStatus::Failed);
+    assert_eq!(entries[0].certificate, certificate.der());
+    let presentation = journal
+        .presentations()
+        .expect("presentations")
+        .into_iter()
+        .find(|p| p.serial == run.serial)
+        .expect("presentation recorded");
+    assert_eq!(presentation.journal_id, Some(entries[0].id));
+    assert!(
+        presentation.outcome.starts_with("failed"),
+        "{presentation:?}"
+    );
 }
 
 /// Answers the unit's challenge with a signature made for `signed_serial`
