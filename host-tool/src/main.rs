@@ -10,8 +10,8 @@
 //!  imprint personalize ─▶ module DIR or card in a reader OPERATING, P/journal.sqlite
 //!  imprint module status | reset | export-chain;  imprint journal list
 //!  imprint journal export ─▶ FILE (field unit, claim 12) ─▶ imprint journal import (main unit)
-//!  imprint bench crypto | pcsc | station  (P-384 rates; round trips, personalizations and
-//!                                          station throughput through pcscd)
+//!  imprint bench crypto | pcsc | station | relay  (P-384 rates; round trips, personalizations
+//!                 and station throughput through pcscd; relayed against direct personalization)
 //!  imprint readers;  imprint station ─▶ every card inserted into the readers, once each
 //!  imprint relay init ─▶ R/relay.{key,pub.pem} ─▶ imprint personalizer relay register | list
 //!  imprint personalizer serve ◀─TCP─ imprint relay --module|--reader (claim 14: the unit
@@ -961,6 +961,20 @@ enum BenchCommand {
         #[arg(long)]
         short_apdus: bool,
     },
+    /// Personalization through a relay on loopback (claim 14) against a
+    /// direct local personalization, measured in the same run: the unit's
+    /// service (`personalizer serve`) on 127.0.0.1 and a registered relay
+    /// with a module in this process, against `personalize()` on such a
+    /// module. Every run is a first personalization of a freshly
+    /// manufactured file-backed module (in a temporary directory, like the
+    /// unit and its SQLite journal); the flows alternate. Prints median and
+    /// p90 of each, the APDUs the module processed, the TCP frames, and the
+    /// ratio of the medians. Needs no reader and no pcscd.
+    Relay {
+        /// Timed personalizations per flow (after one not timed).
+        #[arg(long, value_name = "N", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        runs: u64,
+    },
 }
 
 fn years() -> clap::builder::RangedI64ValueParser<u32> {
@@ -1759,6 +1773,9 @@ fn run_bench(command: BenchCommand) -> anyhow::Result<()> {
             usize::try_from(cards).context("--cards is too large")?,
             short_apdus,
         ),
+        BenchCommand::Relay { runs } => {
+            run_bench_relay(usize::try_from(runs).context("--runs is too large")?)
+        }
     }
 }
 
@@ -1982,6 +1999,51 @@ fn run_bench_station(
         "  ratio {} readers / 1 reader: {:.2}",
         names.len(),
         result.ratio()
+    );
+    Ok(())
+}
+
+fn run_bench_relay(runs: usize) -> anyhow::Result<()> {
+    out!(
+        "personalization through a relay on loopback against a direct local one: {runs} runs per flow after one not timed, alternating; each a first personalization of a fresh file-backed module ..."
+    );
+    let result = bench::relay::compare(runs)?;
+    out!();
+    out!(
+        "  {:<20}  {:>9}  {:>9}  {:>12}  {:>10}  {:>10}",
+        "flow",
+        "median ms",
+        "p90 ms",
+        "module APDUs",
+        "unit APDUs",
+        "TCP frames"
+    );
+    for row in &result.rows {
+        out!(
+            "  {:<20}  {:>9.2}  {:>9.2}  {:>12}  {:>10}  {:>10}",
+            row.flow.label(),
+            bench::ms(row.timings.median),
+            bench::ms(row.timings.p90),
+            row.counts.module_apdus,
+            row.counts.unit_apdus,
+            row.counts
+                .frames
+                .map_or_else(|| "-".to_owned(), |frames| frames.to_string())
+        );
+    }
+    for flow in bench::relay::Flow::ALL.into_iter().skip(1) {
+        if let Some(ratio) = result.ratio(flow) {
+            out!("  ratio {flow} / direct (medians): {ratio:.2}");
+        }
+    }
+    out!(
+        "  module APDUs: processed by the module; unit APDUs: sent by the unit's personalize(), end to end;"
+    );
+    out!(
+        "  the relayed run's extra module APDU is the relay's own SELECT, for the serial in HELLO;"
+    );
+    out!(
+        "  TCP frames: a COMMAND and a RESPONSE per unit APDU, plus HELLO, RELAY CHALLENGE, RELAY AUTH, PERSONALIZED"
     );
     Ok(())
 }

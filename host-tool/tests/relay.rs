@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use imprint_apdu::host::manufacture::manufacture;
 use imprint_apdu::host::transport::{Transport, TransportError};
-use imprint_apdu::host::{CardLink, UnitCredentials};
+use imprint_apdu::host::{
+    CardLink, InProcessTransport, PersonalizationOptions, UnitCredentials, personalize,
+};
 use imprint_apdu::iso::CLA_SM;
 use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::pki::verify_issued_by;
@@ -62,6 +64,21 @@ impl World {
         let made =
             manufacture(&mut link, self.manufacturer.credentials(), 20).expect("manufacture");
         (dir, made.serial)
+    }
+
+    /// A module personalized once, locally: its next personalization is a
+    /// re-personalization (TERMINATE, then GENERATE and PUT DATA, all secured).
+    fn operating_module(&mut self) -> (PathBuf, String) {
+        let (dir, serial) = self.module();
+        let mut link = module::open(&dir, false).expect("module");
+        personalize(
+            &mut link,
+            &mut self.journal(),
+            &self.unit,
+            PersonalizationOptions::default(),
+        )
+        .expect("first personalization");
+        (dir, serial)
     }
 
     fn relay_key(&self, name: &str, register: bool) -> SigningKey {
@@ -233,6 +250,18 @@ enum Misbehaviour {
     DropGenerate,
     /// Sends the module the earlier GENERATE again instead of PUT DATA.
     ReplayInsteadOfPutData,
+    /// Reorders: holds the first secured command (GENERATE) back and answers
+    /// the unit at once with the module's previous response, as if GENERATE
+    /// had been answered; GENERATE reaches the module only later.
+    AnswerBeforeDelivering,
+    /// Reorders responses from GENERATE on: forwards each command but
+    /// answers it with the module's previous response, keeping the fresh one
+    /// for the next. On a re-personalization the previous response is
+    /// TERMINATE's: secured under this very channel, only out of turn.
+    ShiftResponsesFromGenerate,
+    /// Forwards PUT DATA, then flips one bit of the module's answer: the
+    /// module has committed, the unit cannot know it.
+    FlipPutDataResponse,
 }
 
 /// A relay's module side that tampers: between the COMMAND frames and the module.
@@ -241,14 +270,67 @@ struct Tamper<T: Transport> {
     mode: Misbehaviour,
     done: bool,
     last_secured: Option<Vec<u8>>,
+    /// The module's latest response, for answering out of turn.
+    last_response: Option<Vec<u8>>,
+    /// A command held back from the module (reordering).
+    held_command: Option<Vec<u8>>,
+    /// A module response held back from the unit (reordering).
+    held_response: Option<Vec<u8>>,
+    /// Commands the unit sent after the tampering.
+    after_tampering: u32,
+}
+
+impl<T: Transport> Tamper<T> {
+    fn new(inner: T, mode: Misbehaviour) -> Self {
+        Self {
+            inner,
+            mode,
+            done: false,
+            last_secured: None,
+            last_response: None,
+            held_command: None,
+            held_response: None,
+            after_tampering: 0,
+        }
+    }
+
+    /// Passes `command` to the module, noting its response.
+    fn forward(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let response = self.inner.transmit(command)?;
+        self.last_response = Some(response.clone());
+        Ok(response)
+    }
+
+    /// The module's previous response: what a reordering relay answers with.
+    fn stale_response(&self) -> Vec<u8> {
+        self.last_response
+            .clone()
+            .expect("the module answered before the first secured command")
+    }
+
+    /// The late half of a reordering: delivers the held command to the
+    /// module now, whatever the unit did meanwhile.
+    fn deliver_held(&mut self) -> Option<Result<Vec<u8>, TransportError>> {
+        let command = self.held_command.take()?;
+        Some(self.forward(&command))
+    }
 }
 
 impl<T: Transport> Transport for Tamper<T> {
     fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
         let secured = command.first().is_some_and(|cla| cla & CLA_SM == CLA_SM);
         let ins_byte = command.get(1).copied();
-        if !secured || self.done {
-            return self.inner.transmit(command);
+        if self.done {
+            self.after_tampering += 1;
+            // A shifting relay keeps answering one response late.
+            if let Some(late) = self.held_response.take() {
+                self.held_response = Some(self.forward(command)?);
+                return Ok(late);
+            }
+            return self.forward(command);
+        }
+        if !secured {
+            return self.forward(command);
         }
         let previous = self.last_secured.replace(command.to_vec());
         match self.mode {
@@ -276,13 +358,131 @@ impl<T: Transport> Transport for Tamper<T> {
                 let replayed = previous.expect("an earlier secured command");
                 self.inner.transmit(&replayed)
             }
-            _ => self.inner.transmit(command),
+            Misbehaviour::AnswerBeforeDelivering => {
+                self.done = true;
+                self.held_command = Some(command.to_vec());
+                Ok(self.stale_response())
+            }
+            Misbehaviour::ShiftResponsesFromGenerate if ins_byte == Some(ins::GENERATE_KEY) => {
+                self.done = true;
+                let stale = self.stale_response();
+                self.held_response = Some(self.forward(command)?);
+                Ok(stale)
+            }
+            Misbehaviour::FlipPutDataResponse if ins_byte == Some(ins::PUT_DATA) => {
+                self.done = true;
+                let mut response = self.forward(command)?;
+                response[0] ^= 0x01;
+                Ok(response)
+            }
+            _ => self.forward(command),
         }
     }
 
     fn supports_extended_length(&self) -> bool {
         self.inner.supports_extended_length()
     }
+}
+
+/// The module side of a relay, over a module in this process.
+type ModuleTransport = InProcessTransport<FileKeyMemory>;
+
+/// A relayed run through a relay that misbehaved.
+struct TamperedRun {
+    module_dir: PathBuf,
+    serial: String,
+    /// The unit's journal entries for the module before the run.
+    earlier_entries: Vec<i64>,
+    /// What the relay got back.
+    error: RemoteError,
+    /// The relay's module side, still holding the module.
+    relay: Tamper<ModuleTransport>,
+}
+
+/// Relays the personalization of `module` (its directory and serial)
+/// through a relay that misbehaves as `mode`; the run must fail.
+fn relay_tampered(
+    address: SocketAddr,
+    key: &SigningKey,
+    mode: Misbehaviour,
+    (module_dir, serial): (PathBuf, String),
+    journal: &SqliteJournal,
+) -> TamperedRun {
+    let earlier_entries = journal
+        .entries_for(&serial)
+        .expect("entries")
+        .iter()
+        .map(|entry| entry.id)
+        .collect();
+    let link = module::open(&module_dir, false).expect("module");
+    let mut link = CardLink::new(Tamper::new(link.into_transport(), mode));
+    let mut stream = connect(address);
+    let error = remote::relay_personalization(&mut link, &mut stream, key)
+        .expect_err("the tampering is detected");
+    eprintln!("{mode:?}: {error}");
+    TamperedRun {
+        module_dir,
+        serial,
+        earlier_entries,
+        error,
+        relay: link.into_transport(),
+    }
+}
+
+/// The relay was refused, the unit logged and recorded a failure, and
+/// nothing was issued: the module waits for a personalization without a
+/// module certificate (where a first personalization found it; where
+/// TERMINATE left a re-personalized one, its old material erased), and any
+/// journal entry is failed.
+fn assert_refused_and_nothing_issued(
+    world: &World,
+    logs: &Receiver<ConnectionLog>,
+    mode: Misbehaviour,
+    run: TamperedRun,
+) {
+    let TamperedRun {
+        module_dir,
+        serial,
+        earlier_entries,
+        error,
+        relay,
+    } = run;
+    // One opener at a time: release the module before looking at it.
+    drop(relay);
+    assert!(
+        matches!(error, RemoteError::Refused { .. } | RemoteError::Client(_)),
+        "{mode:?}: {error:?}"
+    );
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    assert!(log.result.is_err(), "{mode:?}: {log:?}");
+    assert_eq!(
+        lifecycle(&module_dir),
+        Lifecycle::Personalization,
+        "{mode:?}"
+    );
+    assert!(
+        module::status(&module_dir)
+            .expect("status")
+            .module_cert
+            .is_none(),
+        "{mode:?}"
+    );
+    let journal = world.journal();
+    for entry in journal.entries_for(&serial).expect("entries") {
+        if !earlier_entries.contains(&entry.id) {
+            assert_eq!(entry.status, IssuanceStatus::Failed, "{mode:?}");
+        }
+    }
+    let presentation = journal
+        .presentations()
+        .expect("presentations")
+        .into_iter()
+        .find(|p| p.serial == serial)
+        .expect("presentation recorded");
+    assert!(
+        presentation.outcome.starts_with("failed"),
+        "{mode:?}: {presentation:?}"
+    );
 }
 
 #[test]
@@ -296,50 +496,94 @@ fn a_relay_that_changes_drops_or_replays_an_apdu_is_detected() {
         Misbehaviour::DropGenerate,
         Misbehaviour::ReplayInsteadOfPutData,
     ] {
-        let (module_dir, serial) = world.module();
-        let before = lifecycle(&module_dir);
-        let link = module::open(&module_dir, false).expect("module");
-        let mut link = CardLink::new(Tamper {
-            inner: link.into_transport(),
-            mode,
-            done: false,
-            last_secured: None,
-        });
-        let mut stream = connect(address);
-        let err = remote::relay_personalization(&mut link, &mut stream, &key)
-            .expect_err("the tampering is detected");
-        drop(link);
-        eprintln!("{mode:?}: {err}");
-        assert!(
-            matches!(err, RemoteError::Refused { .. } | RemoteError::Client(_)),
-            "{mode:?}: {err:?}"
-        );
-        let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
-        assert!(log.result.is_err(), "{mode:?}: {log:?}");
-        // The module is where it was; nothing was installed.
-        assert_eq!(lifecycle(&module_dir), before, "{mode:?}");
-        assert!(
-            module::status(&module_dir)
-                .expect("status")
-                .module_cert
-                .is_none(),
-            "{mode:?}"
-        );
-        let journal = world.journal();
-        for entry in journal.entries_for(&serial).expect("entries") {
-            assert_eq!(entry.status, IssuanceStatus::Failed, "{mode:?}");
-        }
-        let presentation = journal
-            .presentations()
-            .expect("presentations")
-            .into_iter()
-            .find(|p| p.serial == serial)
-            .expect("presentation recorded");
-        assert!(
-            presentation.outcome.starts_with("failed"),
-            "{mode:?}: {presentation:?}"
-        );
+        let module = world.module();
+        let run = relay_tampered(address, &key, mode, module, &world.journal());
+        assert_refused_and_nothing_issued(&world, &logs, mode, run);
     }
+}
+
+#[test]
+fn a_relay_that_reorders_apdus_is_detected() {
+    let mut world = World::new();
+    let key = world.relay_key("reorderer", true);
+    let (address, logs) = world.serve(true);
+    for mode in [
+        Misbehaviour::AnswerBeforeDelivering,
+        Misbehaviour::ShiftResponsesFromGenerate,
+    ] {
+        let module = match mode {
+            Misbehaviour::ShiftResponsesFromGenerate => world.operating_module(),
+            _ => world.module(),
+        };
+        let mut run = relay_tampered(address, &key, mode, module, &world.journal());
+        // The unit checks each response before it sends the next command, so
+        // a relay never holds two commands to swap: what it can reorder is a
+        // response, given out of turn. The unit stops at that response.
+        assert_eq!(run.relay.after_tampering, 0, "{mode:?}");
+        match &run.error {
+            RemoteError::Refused { code, reason } => {
+                assert_eq!(*code, ErrorCode::ModuleError, "{mode:?}: {reason}");
+                assert!(
+                    reason.contains("secure channel failure"),
+                    "{mode:?}: {reason}"
+                );
+            }
+            other => panic!("{mode:?}: unexpected {other:?}"),
+        }
+        // The relay delivers the held GENERATE after all, once the unit has
+        // given up. Its counter is in turn, so the module still runs it; that
+        // leaves a module key nobody certified, which the next
+        // personalization replaces, and nothing is issued.
+        if let Some(late) = run.relay.deliver_held() {
+            let late = late.expect("the module answers the late GENERATE");
+            assert_eq!(late[late.len() - 2..], [0x90, 0x00], "{mode:?}");
+        }
+        assert_refused_and_nothing_issued(&world, &logs, mode, run);
+    }
+}
+
+#[test]
+fn a_relay_that_garbles_the_answer_to_put_data_leaves_an_operating_module_with_a_failed_entry() {
+    // The last answer of the channel can always be lost on its way: this is
+    // a card pulled right after it committed (docs/station.md §4), not
+    // unchecked material. The module verified and committed the bundle; the
+    // unit, unable to open the answer, marks the entry failed, and the
+    // module holds exactly that entry's certificate.
+    let mut world = World::new();
+    let key = world.relay_key("last-word", true);
+    let (address, logs) = world.serve(true);
+    let mode = Misbehaviour::FlipPutDataResponse;
+    let module = world.module();
+    let run = relay_tampered(address, &key, mode, module, &world.journal());
+    drop(run.relay);
+    match &run.error {
+        RemoteError::Refused { code, reason } => {
+            assert_eq!(*code, ErrorCode::ModuleError, "{reason}");
+            assert!(reason.contains("PUT DATA"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    assert!(log.result.is_err(), "{log:?}");
+    let status = module::status(&run.module_dir).expect("status");
+    assert_eq!(status.info.lifecycle, Lifecycle::Operating);
+    let certificate = status.module_cert.expect("module certificate");
+    let journal = world.journal();
+    let entries = journal.entries_for(&run.serial).expect("entries");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].status, IssuanceStatus::Failed);
+    assert_eq!(entries[0].certificate, certificate.der());
+    let presentation = journal
+        .presentations()
+        .expect("presentations")
+        .into_iter()
+        .find(|p| p.serial == run.serial)
+        .expect("presentation recorded");
+    assert_eq!(presentation.journal_id, Some(entries[0].id));
+    assert!(
+        presentation.outcome.starts_with("failed"),
+        "{presentation:?}"
+    );
 }
 
 /// Answers the unit's challenge with a signature made for `signed_serial`

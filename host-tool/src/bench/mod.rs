@@ -10,10 +10,13 @@
 //!  pcscd::personalizations ──▶ connect + personalize + disconnect, N times ─▶ per card
 //!      floor = APDUs × median round trip + PERSONALIZATION_OPS at P384Rates
 //!  station::throughput ──────▶ run_station rounds on all readers, then on the first ─▶ cards/min
+//!  relay::compare ───────────▶ personalize() direct, and through the relay on loopback
+//!                              (claim 14), alternating on fresh modules ─▶ Timings, APDUs, ratio
 //! ```
 //!
 //! The PC/SC benchmarks need a card (an Imprint module) in each reader; they
-//! start none themselves (`scripts/bench-pcsc` starts `imprint-card`s).
+//! start none themselves (`scripts/bench-pcsc` starts `imprint-card`s). The
+//! relay benchmark needs nothing: its modules, unit and relay run in-process.
 
 use std::hint::black_box;
 use std::process::Command;
@@ -27,6 +30,7 @@ use p384::ecdsa::signature::hazmat::{PrehashVerifier, RandomizedPrehashSigner};
 use crate::HostError;
 
 pub mod pcscd;
+pub mod relay;
 pub mod station;
 
 #[cfg(test)]

@@ -116,3 +116,31 @@ fn measures_key_agreement_and_generation() {
     assert!(ecdh > 0.0 && ecdh.is_finite());
     assert!(keygen > 0.0 && keygen.is_finite());
 }
+
+#[test]
+fn relay_bench_compares_the_same_personalization_both_ways() {
+    let bench = relay::compare(2).expect("relay bench");
+    assert_eq!(bench.runs, 2);
+    let flows: Vec<_> = bench.rows.iter().map(|row| row.flow).collect();
+    assert_eq!(flows, relay::Flow::ALL);
+    for row in &bench.rows {
+        assert_eq!(row.timings.count, 2, "{row:?}");
+        assert!(row.counts.module_apdus > 0, "{row:?}");
+        assert!(row.counts.unit_apdus > 0, "{row:?}");
+    }
+    let direct = bench.row(relay::Flow::Direct).expect("direct").counts;
+    let relayed = bench.row(relay::Flow::Relayed).expect("relayed").counts;
+    // The channel is end to end: the unit sends the module the same APDUs
+    // either way (five for a first personalization).
+    assert_eq!(direct.unit_apdus, 5);
+    assert_eq!(relayed.unit_apdus, direct.unit_apdus);
+    assert_eq!(direct.module_apdus, direct.unit_apdus);
+    assert_eq!(direct.frames, None);
+    // The relay adds its own SELECT, for the serial it presents in HELLO …
+    assert_eq!(relayed.module_apdus, direct.module_apdus + 1);
+    // … and the frames: a COMMAND/RESPONSE pair per APDU, plus HELLO, RELAY
+    // CHALLENGE, RELAY AUTH and PERSONALIZED.
+    assert_eq!(relayed.frames, Some(2 * relayed.unit_apdus + 4));
+    let ratio = bench.ratio(relay::Flow::Relayed).expect("ratio");
+    assert!(ratio.is_finite() && ratio > 0.0, "{ratio}");
+}
