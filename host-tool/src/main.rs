@@ -2005,7 +2005,7 @@ fn run_bench_station(
 
 fn run_bench_relay(runs: usize) -> anyhow::Result<()> {
     out!(
-        "personalization through a relay on loopback against a direct local one: {runs} runs per flow after one not timed, alternating; each a first personalization of a fresh file-backed module ..."
+        "personalization through a relay on loopback (and through a relay that hands over to the module's own connection, claim 15) against a direct local one: {runs} runs per flow after one not timed, alternating; each a first personalization of a fresh file-backed module ..."
     );
     let result = bench::relay::compare(runs)?;
     out!();
@@ -2043,7 +2043,13 @@ fn run_bench_relay(runs: usize) -> anyhow::Result<()> {
         "  the relayed run's extra module APDU is the relay's own SELECT, for the serial in HELLO;"
     );
     out!(
-        "  TCP frames: a COMMAND and a RESPONSE per unit APDU, plus HELLO, RELAY CHALLENGE, RELAY AUTH, PERSONALIZED"
+        "  TCP frames: a COMMAND and a RESPONSE per unit APDU, plus HELLO, RELAY CHALLENGE, RELAY AUTH, PERSONALIZED;"
+    );
+    out!(
+        "  relay, then direct (claim 15): one more unit APDU (the sealed offer), and HANDED OVER, DIRECT and the"
+    );
+    out!(
+        "  module's own PERSONALIZED; the last two unit APDUs go over the module's own connection"
     );
     Ok(())
 }

@@ -9,13 +9,15 @@
 //!  in the bench's temporary directory, powered up afresh; not timed):
 //!    Direct:  ⟦ personalize(module link, journal, unit) ⟧
 //!    Relayed: ⟦ connect ─▶ relay_personalization ─▶ PERSONALIZED ⟧ ─▶ the unit's log line
+//!    HandedOver (claim 15, a second service offering direct connections; the module a
+//!      NetworkedModule): ⟦ connect ─▶ relay_personalization (handshake, offer, HANDED OVER)
+//!      ∥ the module dials, DIRECT, GENERATE, PUT DATA ─▶ both PERSONALIZED ⟧ ─▶ log line
 //!  ⟦ ⟧ timed; every run is a first personalization (PERSONALIZATION ─▶ OPERATING)
 //! ```
 //!
 //! The flows alternate within each round so that both see the same machine
 //! (load, caches, disk) over the whole run; each gets one run not timed
-//! first. A further flow (e.g. claim 15's direct module↔unit connection set
-//! up through the relay) is one more [`Flow`] variant and one more method of
+//! first. A further flow is one more [`Flow`] variant and one more method of
 //! [`Rig`] returning a [`Sample`].
 
 use std::io;
@@ -26,7 +28,7 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use imprint_apdu::host::manufacture::manufacture;
-use imprint_apdu::host::{PersonalizationOptions, UnitCredentials, personalize};
+use imprint_apdu::host::{CardLink, PersonalizationOptions, UnitCredentials, personalize};
 use imprint_apdu::proto::Lifecycle;
 use imprint_central::CentralAuthority;
 use imprint_central::client;
@@ -51,6 +53,10 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// CHALLENGE, RELAY AUTH and PERSONALIZED.
 const HANDSHAKE_FRAMES: u32 = 4;
 
+/// Frames a hand-over adds besides COMMAND/RESPONSE pairs: HANDED OVER to
+/// the relay, and on the module's own connection DIRECT and PERSONALIZED.
+const HAND_OVER_FRAMES: u32 = 3;
+
 /// A failure of the relay benchmark.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayBenchError {
@@ -66,6 +72,9 @@ pub enum RelayBenchError {
     /// The unit's side of a relayed run ended otherwise than installed.
     #[error("the unit's side of a relayed run failed: {0}")]
     Unit(String),
+    /// The claim-15 flow did not move onto the module's direct connection.
+    #[error("the run was not handed over to the module's direct connection")]
+    NotHandedOver,
     /// The unit did not log the end of a relayed run in time.
     #[error("the unit did not report the end of a relayed run within {0:?}")]
     UnitSilent(Duration),
@@ -100,17 +109,23 @@ pub enum Flow {
     /// a module in this process (claim 14), as `imprint personalizer serve`
     /// and `imprint relay --module` do.
     Relayed,
+    /// Claim 15: the relay sets the channel up, then the module (with a
+    /// network of its own) finishes over its own connection to the unit, as
+    /// `imprint personalizer serve --direct` and `imprint relay --module DIR
+    /// --direct` do.
+    HandedOver,
 }
 
 impl Flow {
     /// Every flow, in the order of the table; the first is the baseline.
-    pub const ALL: [Self; 2] = [Self::Direct, Self::Relayed];
+    pub const ALL: [Self; 3] = [Self::Direct, Self::Relayed, Self::HandedOver];
 
     /// Its row label.
     pub fn label(self) -> &'static str {
         match self {
             Self::Direct => "direct (local)",
             Self::Relayed => "relayed (loopback)",
+            Self::HandedOver => "relay, then direct",
         }
     }
 }
@@ -235,6 +250,8 @@ pub struct Rig {
     relay_key: SigningKey,
     unit_address: SocketAddr,
     unit_logs: Receiver<ConnectionLog>,
+    direct_address: SocketAddr,
+    direct_logs: Receiver<ConnectionLog>,
     modules: usize,
     // Last, so dropped last: the directory outlives the journal and modules in it.
     _tmp: tempfile::TempDir,
@@ -278,24 +295,18 @@ impl Rig {
         journal.register_relay("bench-relay", &public)?;
         let relay_key = remote::load_relay_key(&relay_dir)?;
 
-        let server = Server::bind(
-            "127.0.0.1:0",
-            ServeConfig {
-                unit_dir,
-                registered_relays_only: true,
-                max_connections: 4,
-                timeout: TIMEOUT,
-            },
-        )?;
-        let unit_address = server.local_addr()?;
-        let (sender, unit_logs) = channel();
-        std::thread::spawn(move || {
-            // Serves until the process ends; its error would only be a
-            // listening socket gone, which the next relayed run reports.
-            let _ = server.run(Arc::new(move |log: &ConnectionLog| {
-                let _ = sender.send(log.clone());
-            }));
-        });
+        let config = ServeConfig {
+            unit_dir,
+            registered_relays_only: true,
+            max_connections: 4,
+            timeout: TIMEOUT,
+            direct_address: None,
+        };
+        let (unit_address, unit_logs) = serve(Server::bind("127.0.0.1:0", config.clone())?)?;
+        let mut offering = Server::bind("127.0.0.1:0", config)?;
+        let offered = offering.local_addr()?;
+        offering.set_direct_address(Some(offered.to_string()));
+        let (direct_address, direct_logs) = serve(offering)?;
         Ok(Self {
             dir,
             manufacturer,
@@ -304,6 +315,8 @@ impl Rig {
             relay_key,
             unit_address,
             unit_logs,
+            direct_address,
+            direct_logs,
             modules: 0,
             _tmp: tmp,
         })
@@ -314,6 +327,7 @@ impl Rig {
         match flow {
             Flow::Direct => self.direct(),
             Flow::Relayed => self.relayed(),
+            Flow::HandedOver => self.handed_over(),
         }
     }
 
@@ -371,14 +385,7 @@ impl Rig {
         let report = remote::relay_personalization(&mut link, &mut stream, &self.relay_key)?;
         let elapsed = started.elapsed();
         drop(stream);
-        match self.unit_logs.recv_timeout(TIMEOUT) {
-            Ok(ConnectionLog { result: Ok(_), .. }) => {}
-            Ok(ConnectionLog {
-                result: Err(reason),
-                ..
-            }) => return Err(RelayBenchError::Unit(reason)),
-            Err(_) => return Err(RelayBenchError::UnitSilent(TIMEOUT)),
-        }
+        await_unit(&self.unit_logs)?;
         // The relay's own SELECT (for the serial it presents in HELLO) is
         // its only command that is not one of the unit's COMMAND frames.
         let commands = report.commands.saturating_sub(1);
@@ -390,6 +397,72 @@ impl Rig {
                 frames: Some(2 * commands + HANDSHAKE_FRAMES),
             },
         })
+    }
+}
+
+impl Rig {
+    /// Claim 15: the relay's connect, SELECT, authentication, handshake and
+    /// the sealed offer; then the module's own connection (DIRECT,
+    /// GENERATE, PUT DATA). Timed: connect until both the relay and the
+    /// module's runtime have the unit's PERSONALIZED.
+    pub fn handed_over(&mut self) -> Result<Sample, RelayBenchError> {
+        let applet = self.fresh_module()?.into_transport().into_applet();
+        let module = remote::NetworkedModule::new(applet, TIMEOUT);
+        let mut local = CardLink::new(module.clone());
+        let started = Instant::now();
+        let mut stream = client::connect(&self.direct_address.to_string(), TIMEOUT)
+            .map_err(RemoteError::from)?;
+        let report = remote::relay_personalization(&mut local, &mut stream, &self.relay_key)?;
+        let runs = module.finish_direct_runs();
+        let elapsed = started.elapsed();
+        drop(stream);
+        await_unit(&self.direct_logs)?;
+        if !report.handed_over {
+            return Err(RelayBenchError::NotHandedOver);
+        }
+        let mut direct_commands = 0;
+        for run in runs {
+            direct_commands += run?.commands;
+        }
+        // Relayed: the relay's SELECT, then the unit's commands up to the offer.
+        let relayed = report.commands.saturating_sub(1);
+        let unit_apdus = relayed + direct_commands;
+        Ok(Sample {
+            elapsed,
+            counts: Counts {
+                module_apdus: local.apdu_count() + direct_commands,
+                unit_apdus,
+                frames: Some(2 * unit_apdus + HANDSHAKE_FRAMES + HAND_OVER_FRAMES),
+            },
+        })
+    }
+}
+
+/// Runs `server` in a thread of its own until the process ends; its log
+/// lines arrive on the receiver.
+fn serve(server: Server) -> Result<(SocketAddr, Receiver<ConnectionLog>), RelayBenchError> {
+    let address = server.local_addr()?;
+    let (sender, logs) = channel();
+    std::thread::spawn(move || {
+        // Serves until the process ends; its error would only be a
+        // listening socket gone, which the next relayed run reports.
+        let _ = server.run(Arc::new(move |log: &ConnectionLog| {
+            let _ = sender.send(log.clone());
+        }));
+    });
+    Ok((address, logs))
+}
+
+/// Waits for the unit's log line of the run that just ended, so that its end
+/// of the connection never overlaps the next run.
+fn await_unit(logs: &Receiver<ConnectionLog>) -> Result<(), RelayBenchError> {
+    match logs.recv_timeout(TIMEOUT) {
+        Ok(ConnectionLog { result: Ok(_), .. }) => Ok(()),
+        Ok(ConnectionLog {
+            result: Err(reason),
+            ..
+        }) => Err(RelayBenchError::Unit(reason)),
+        Err(_) => Err(RelayBenchError::UnitSilent(TIMEOUT)),
     }
 }
 

@@ -143,4 +143,15 @@ fn relay_bench_compares_the_same_personalization_both_ways() {
     assert_eq!(relayed.frames, Some(2 * relayed.unit_apdus + 4));
     let ratio = bench.ratio(relay::Flow::Relayed).expect("ratio");
     assert!(ratio.is_finite() && ratio > 0.0, "{ratio}");
+    // Claim 15: the unit adds its sealed offer; the module also sees the
+    // relay's SELECT; the frames add HANDED OVER, DIRECT and a second
+    // PERSONALIZED.
+    let handed = bench
+        .row(relay::Flow::HandedOver)
+        .expect("handed over")
+        .counts;
+    assert_eq!(handed.unit_apdus, direct.unit_apdus + 1);
+    assert_eq!(handed.module_apdus, direct.module_apdus + 2);
+    assert_eq!(handed.frames, Some(2 * handed.unit_apdus + 4 + 3));
+    assert!(bench.ratio(relay::Flow::HandedOver).is_some());
 }
