@@ -1339,6 +1339,7 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
         issuer: None,
         pin,
         tan,
+        tan_at_pin_pad: false,
         require_tan: args.require_tan,
         require_identification: args.require_identification,
     };
