@@ -851,10 +851,12 @@ impl<'u> Personalization<'u> {
             State::EnterTan => {
                 if response.sw != sw::OK {
                     return Err(match response.sw {
-                        sw::WRONG_LENGTH => PersonalizeError::InvalidTan,
+                        // The reader's own 64xx, or the card's answer to
+                        // the VERIFY the reader built: either way the pad's.
                         other if self.options.tan_at_pin_pad => {
                             PersonalizeError::TanAtPinPad { sw: other }
                         }
+                        sw::WRONG_LENGTH => PersonalizeError::InvalidTan,
                         other => status("VERIFY (TAN)", other),
                     });
                 }
