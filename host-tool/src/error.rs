@@ -340,6 +340,26 @@ pub enum HostError {
     /// The module's answer to SELECT does not decode.
     #[error("the module's answer to SELECT does not decode")]
     MalformedSelect,
+    /// The reader's PC/SC feature list ends inside an entry.
+    #[error("the reader's PC/SC feature list is truncated in the entry at byte {offset}")]
+    FeatureListTruncated {
+        /// Where the incomplete entry starts.
+        offset: usize,
+    },
+    /// An entry of the reader's PC/SC feature list has another length than 4.
+    #[error("the reader's PC/SC feature {tag:02X} has a value of {length} bytes, not 4")]
+    FeatureListLength {
+        /// The feature tag.
+        tag: u8,
+        /// The length byte found.
+        length: u8,
+    },
+    /// The reader's PC/SC feature list names a feature twice.
+    #[error("the reader's PC/SC feature list names feature {tag:02X} twice")]
+    FeatureListDuplicate {
+        /// The feature tag.
+        tag: u8,
+    },
 }
 
 fn reader_prefix(reader: Option<&str>) -> String {

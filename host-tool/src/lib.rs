@@ -24,9 +24,11 @@
 //! - [`module`]: opening a file-backed module in-process.
 //! - [`demo`]: the whole flow on N modules, verified afterwards.
 //! - [`bench`](mod@bench): P-384 signature rates against `openssl speed`.
-//! - [`pcsc`]: cards in PC/SC readers (the transport, reader listing and watching).
+//! - [`pcsc`]: cards in PC/SC readers (the transport, reader listing and
+//!   watching, and secure PIN entry on PIN-pad readers, [`pcsc::pinpad`]).
 //! - [`station`]: station mode, personalizing cards on several readers at once.
-//! - [`tan_prompt`]: reading a TAN at the terminal without echo (claim 13).
+//! - [`tan_prompt`]: where the TAN is typed (claim 13): the reader's PIN
+//!   pad, or the terminal without echo.
 //! - [`remote`]: the unit as a network service and the relay that presents
 //!   modules to it (claim 14), with the relays' registry in [`journal::relays`].
 

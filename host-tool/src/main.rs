@@ -56,6 +56,7 @@ use imprint_host::roles::{self, Manufacturer, Personalizer};
 use imprint_host::station::{
     self, DEFAULT_POLL, PlainLog, StationConfig, StationObserver, TerminalProgress,
 };
+use imprint_host::tan_prompt::TanEntry;
 use imprint_host::{HostError, bench, demo, module, pcsc, remote};
 
 use imprint_central::out;
@@ -587,12 +588,17 @@ struct PersonalizeArgs {
     /// Without it the module has no PIN.
     #[arg(long, value_name = "FILE")]
     pin_file: Option<PathBuf>,
-    /// Prove a TAN (claim 13): the TAN is asked for on the terminal without
-    /// echo (or read as one line from stdin when it is not a terminal), sent
-    /// to the module over the local interface only, and proved by the module
-    /// inside the secure channel before any key is generated.
+    /// Prove a TAN (claim 13), sent to the module over the local interface
+    /// only and proved by the module inside the secure channel before any
+    /// key is generated. When the reader offers a PIN pad (PC/SC secure PIN
+    /// entry) the TAN is typed there and the host never sees it; otherwise
+    /// it is asked for on the terminal without echo (or read as one line
+    /// from stdin when it is not a terminal).
     #[arg(long, conflicts_with = "tan_file")]
     tan: bool,
+    /// With --tan: type the TAN at the host even if the reader has a PIN pad.
+    #[arg(long, requires = "tan")]
+    tan_at_host: bool,
     /// Like --tan, with the TAN read from FILE (one trailing newline ignored).
     #[arg(long, value_name = "FILE")]
     tan_file: Option<PathBuf>,
@@ -799,15 +805,19 @@ fn run_tan(command: TanCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The TAN for `imprint personalize`: from FILE, from the terminal without
-/// echo, or one line of stdin.
-fn read_tan(args: &PersonalizeArgs) -> anyhow::Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
-    if let Some(path) = &args.tan_file {
+/// The TAN for `imprint personalize` typed at the host: from FILE
+/// (`--tan-file`), from the terminal without echo, or one line of stdin
+/// (`--tan`).
+fn read_tan(
+    tan_file: Option<&Path>,
+    tan: bool,
+) -> anyhow::Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    if let Some(path) = tan_file {
         let tan = imprint_pkcs11::softhsm::read_pin_file(path)
             .with_context(|| format!("reading the TAN file {}", path.display()))?;
         return Ok(Some(zeroize::Zeroizing::new(tan.to_vec())));
     }
-    if !args.tan {
+    if !tan {
         return Ok(None);
     }
     let line = imprint_host::tan_prompt::read_secret_line("TAN: ").context("reading the TAN")?;
@@ -1401,18 +1411,38 @@ fn run_personalize(args: PersonalizeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let tan = read_tan(&args)?;
+    // A reader may have a PIN pad: where the TAN is typed is settled once
+    // the card is connected. Every other case reads it here, as before.
+    let target = Target::from(args.target);
+    let ask_reader = args.tan && !args.tan_at_host && matches!(target, Target::Reader { .. });
+    let mut tan = if ask_reader {
+        None
+    } else {
+        read_tan(args.tan_file.as_deref(), args.tan)?
+    };
     let unit = open_unit(&args.personalizer)?;
     let journal_path = roles::journal_path(&args.personalizer);
     let mut journal = SqliteJournal::open(&journal_path)?;
-    let target = Target::from(args.target);
     let mut link = target.open(false, ConnectOptions::exclusive())?;
+    let mut tan_at_pin_pad = false;
+    if ask_reader {
+        let entry = imprint_host::tan_prompt::choose_tan_entry(link.transport_mut(), false)
+            .with_context(|| format!("asking {target} for its PIN pad"))?;
+        match entry {
+            TanEntry::PinPad => {
+                out!("TAN: enter it at the reader's PIN pad");
+                tan_at_pin_pad = true;
+            }
+            TanEntry::Host => tan = read_tan(None, true)?,
+        }
+    }
     let options = PersonalizationOptions {
         variation,
         validity_years: args.years,
         issuer: None,
         pin,
         tan,
+        tan_at_pin_pad,
         require_tan: args.require_tan,
         require_identification: args.require_identification,
         direct: None,

@@ -1,16 +1,44 @@
-//! Reading a TAN typed at the host (claim 13, when the reader has no PIN
-//! pad): on a terminal the echo is switched off while it is typed, so the
-//! TAN never shows on the screen; from a pipe one line is read.
+//! Where the TAN is typed (claim 13): on the reader's PIN pad when it
+//! offers secure PIN entry ([`choose_tan_entry`]), so the host never holds
+//! the TAN; otherwise at the host, where on a terminal the echo is switched
+//! off while it is typed, so the TAN never shows on the screen, and from a
+//! pipe one line is read.
 //!
 //! ```text
-//!  terminal ─▶ echo off ─▶ read line ─▶ echo restored ─▶ Zeroizing<Vec<u8>>
-//!  pipe     ─────────────▶ read line ───────────────────▶ Zeroizing<Vec<u8>>
+//!  reader with FEATURE_VERIFY_PIN_DIRECT ─▶ TanEntry::PinPad (the reader builds the VERIFY)
+//!  otherwise, or --tan-at-host           ─▶ TanEntry::Host:
+//!    terminal ─▶ echo off ─▶ read line ─▶ echo restored ─▶ Zeroizing<Vec<u8>>
+//!    pipe     ─────────────▶ read line ───────────────────▶ Zeroizing<Vec<u8>>
 //! ```
 
 use std::io::{BufRead, IsTerminal, Write};
 
+use imprint_apdu::host::{Transport, TransportError};
 use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
 use zeroize::Zeroizing;
+
+/// Where the user types the TAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TanEntry {
+    /// On the reader's PIN pad (PC/SC secure PIN entry).
+    PinPad,
+    /// At the host ([`read_secret_line`]).
+    Host,
+}
+
+/// The reader's PIN pad when `transport` offers secure PIN entry and the
+/// operator did not ask for the host (`at_host`, `--tan-at-host`); the
+/// host otherwise. The transport is asked only when the answer matters.
+pub fn choose_tan_entry<T: Transport + ?Sized>(
+    transport: &mut T,
+    at_host: bool,
+) -> Result<TanEntry, TransportError> {
+    if !at_host && transport.has_pin_pad()? {
+        Ok(TanEntry::PinPad)
+    } else {
+        Ok(TanEntry::Host)
+    }
+}
 
 /// Prints `prompt` on stderr (terminal only) and reads one line from stdin
 /// without echo; the line ending is removed and the buffer is wiped on drop.

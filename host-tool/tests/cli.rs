@@ -648,6 +648,77 @@ fn tan_protected_personalization_through_the_cli() {
     assert!(out.contains("failed TAN tries cleared"), "{out}");
 }
 
+/// `--tan-at-host` only goes with `--tan`; with it (and on a module without
+/// a reader, so without a PIN pad, at all) the TAN is typed at the host as
+/// before, and nothing mentions a pad.
+#[test]
+fn tan_at_host_goes_with_tan_and_types_the_tan_at_the_host() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    set_up_roles(dir);
+    ok(
+        dir,
+        imprint().args([
+            "manufacturer",
+            "manufacture",
+            "--dir",
+            "M",
+            "--module",
+            "MOD",
+        ]),
+    );
+    let output = imprint()
+        .args([
+            "personalize",
+            "--personalizer",
+            "P",
+            "--module",
+            "MOD",
+            "--tan-at-host",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("spawn");
+    assert_eq!(output.status.code(), Some(2), "usage errors exit 2");
+    assert!(
+        text(&output.stderr).contains("required arguments were not provided:\n  --tan\n"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let out = ok(dir, imprint().args(["tan", "issue", "--personalizer", "P"]));
+    let tan = printed_tans(&out).remove(0);
+    let mut child = imprint()
+        .args([
+            "personalize",
+            "--personalizer",
+            "P",
+            "--module",
+            "MOD",
+            "--tan",
+            "--tan-at-host",
+            "--require-tan",
+        ])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{tan}\n").as_bytes())
+        .expect("write TAN");
+    let output = child.wait_with_output().expect("wait");
+    let out = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(out.contains("APDUs:      7"), "{out}");
+    assert!(!out.contains("PIN pad"), "{out}");
+}
+
 /// Claims 16–18 through the binary: `idunit issue`, `personalize
 /// --require-identification` without and with `--idunit-module`, the value
 /// used up, `idunit list`.

@@ -5,7 +5,8 @@
 //! EXTERNAL AUTHENTICATE, GENERATE ASYMMETRIC KEY PAIR, PUT DATA (bundle).
 //! A re-personalization adds TERMINATE after the handshake (6). An optional
 //! user PIN rides in the bundle, under secure messaging, and adds no APDU.
-//! A TAN (claim 13) adds two: VERIFY of the TAN after SELECT (local, plain)
+//! A TAN (claim 13) adds two: VERIFY of the TAN after SELECT (local, plain;
+//! built by the reader from its PIN pad when the TAN is entered there)
 //! and INTERNAL AUTHENTICATE for its proof right after the handshake, before
 //! TERMINATE or GENERATE, so nothing changes on the module for a user who did
 //! not consent.
@@ -35,7 +36,9 @@ use crate::tlv;
 use super::identification::{
     IdUnitError, IdentificationCheck, IdentificationRefusal, IdentificationSource,
 };
-use super::tan::{TAN_SALT_LEN, TanCheck, TanRefusal, tan_length_ok};
+use super::tan::{
+    TAN_DIGITS, TAN_SALT_LEN, TanCheck, TanRefusal, pin_pad_status_meaning, tan_length_ok,
+};
 use crate::direct::DirectConnection;
 use crate::idunit::IdentificationAnswer;
 
@@ -55,6 +58,11 @@ pub struct PersonalizationOptions {
     /// module over the local interface only (plain VERIFY `00 20 00 82`),
     /// never to the unit's journal; the module proves it inside the channel.
     pub tan: Option<Zeroizing<Vec<u8>>>,
+    /// The TAN is typed on the reader's PIN pad (PC/SC secure PIN entry,
+    /// [`Transport::verify_at_pin_pad`]) instead: the reader builds the
+    /// VERIFY with the digits, so the unit and its host never hold the TAN.
+    /// `tan` must then be `None`; the TAN has [`TAN_DIGITS`] digits.
+    pub tan_at_pin_pad: bool,
     /// The unit's policy: refuse to personalize without a TAN.
     pub require_tan: bool,
     /// The unit's policy (claims 16–18): personalize only after an
@@ -76,6 +84,7 @@ impl Default for PersonalizationOptions {
             issuer: None,
             pin: None,
             tan: None,
+            tan_at_pin_pad: false,
             require_tan: false,
             require_identification: false,
             direct: None,
@@ -319,6 +328,22 @@ pub enum PersonalizeError {
     /// The TAN in the options is not 4 to 16 bytes long.
     #[error("the TAN must be 4 to 16 bytes long")]
     InvalidTan,
+    /// Both a TAN and entry at the PIN pad were asked for.
+    #[error("a TAN was given and entry at the reader's PIN pad was asked for: choose one")]
+    TanTwice,
+    /// Entry at the PIN pad was asked for and the reader has no PIN pad.
+    #[error(
+        "the TAN was to be entered at the reader's PIN pad, but the reader offers no \
+         secure PIN entry (FEATURE_VERIFY_PIN_DIRECT)"
+    )]
+    NoPinPad,
+    /// The VERIFY of the TAN through the reader's PIN pad failed: the
+    /// reader's own status (`64xx`, `6B80`) or the card's.
+    #[error("TAN entry at the reader's PIN pad failed: {sw:04X} ({meaning})", meaning = pin_pad_status_meaning(*sw))]
+    TanAtPinPad {
+        /// SW1-SW2 from the reader or the card.
+        sw: u16,
+    },
     /// The unit's policy requires a TAN and none was entered.
     #[error("this personalization unit requires a TAN: enter the TAN issued for this module")]
     TanRequired,
@@ -374,6 +399,15 @@ pub enum Action {
     },
     /// Record this certificate in the journal, then call [`Personalization::recorded`].
     Record(Box<IssuedCertificate>),
+    /// Have the reader send the VERIFY `header` with the `digits` the user
+    /// types on its PIN pad ([`super::CardLink::verify_at_pin_pad`]), then
+    /// feed the response to [`Personalization::on_response`].
+    VerifyAtPinPad {
+        /// CLA INS P1 P2 of the VERIFY.
+        header: [u8; 4],
+        /// How many digits the pad asks for.
+        digits: u8,
+    },
     /// Judge this TAN proof with the unit's TAN store
     /// ([`IssuanceJournal::check_tan`]), then call [`Personalization::tan_checked`].
     CheckTan {
@@ -508,8 +542,11 @@ impl<'u> Personalization<'u> {
             return Err(PersonalizeError::InvalidPin);
         }
         match &options.tan {
+            Some(_) if options.tan_at_pin_pad => return Err(PersonalizeError::TanTwice),
             Some(tan) if !tan_length_ok(tan) => return Err(PersonalizeError::InvalidTan),
-            None if options.require_tan => return Err(PersonalizeError::TanRequired),
+            None if options.require_tan && !options.tan_at_pin_pad => {
+                return Err(PersonalizeError::TanRequired);
+            }
             _ => {}
         }
         Ok(Self {
@@ -538,7 +575,13 @@ impl<'u> Personalization<'u> {
     /// Whether this flow proves a TAN: then [`Self::set_tan_salt`] must be
     /// called before the flow runs.
     pub fn uses_tan(&self) -> bool {
-        self.options.tan.is_some()
+        self.options.tan.is_some() || self.options.tan_at_pin_pad
+    }
+
+    /// Whether the TAN is entered at the reader's PIN pad
+    /// ([`Action::VerifyAtPinPad`]): the driver needs a transport with one.
+    pub fn tan_at_pin_pad(&self) -> bool {
+        self.options.tan_at_pin_pad && !self.reset_only
     }
 
     /// The unit's TAN salt, from its TAN store.
@@ -634,7 +677,7 @@ impl<'u> Personalization<'u> {
     /// Once the channel is on its final path: the TAN proof, if a TAN was
     /// entered, before anything changes on the module.
     fn after_channel(&self) -> State {
-        if self.options.tan.is_some() && !self.reset_only {
+        if self.uses_tan() && !self.reset_only {
             State::ProveTan
         } else {
             self.after_tan()
@@ -678,6 +721,14 @@ impl<'u> Personalization<'u> {
     pub fn next_action(&mut self) -> Result<Action, PersonalizeError> {
         let action = match self.state {
             State::Select => plain([0x00, ins::SELECT, 0x04, 0x00], proto::AID.to_vec()),
+            State::EnterTan if self.options.tan_at_pin_pad => {
+                // The reader fills the data field from its pad: the same
+                // VERIFY, the same local interface, no TAN on the host.
+                Action::VerifyAtPinPad {
+                    header: [0x00, ins::VERIFY, proto::P1_VERIFY, proto::TAN_REF],
+                    digits: TAN_DIGITS,
+                }
+            }
             State::EnterTan => {
                 let tan = self
                     .options
@@ -887,6 +938,11 @@ impl<'u> Personalization<'u> {
             State::EnterTan => {
                 if response.sw != sw::OK {
                     return Err(match response.sw {
+                        // The reader's own 64xx, or the card's answer to
+                        // the VERIFY the reader built: either way the pad's.
+                        other if self.options.tan_at_pin_pad => {
+                            PersonalizeError::TanAtPinPad { sw: other }
+                        }
                         sw::WRONG_LENGTH => PersonalizeError::InvalidTan,
                         other => status("VERIFY (TAN)", other),
                     });
@@ -950,7 +1006,7 @@ impl<'u> Personalization<'u> {
             return Err(PersonalizeError::NotManufactured);
         }
         self.serial = info.serial.map(|serial| pki::serial_hex(&serial));
-        self.state = if self.options.tan.is_some() && !self.reset_only {
+        self.state = if self.uses_tan() && !self.reset_only {
             State::EnterTan
         } else {
             State::Open
@@ -1355,6 +1411,10 @@ pub fn personalize_with_identification<T: Transport>(
     if flow.uses_identification() && idunit.is_none() {
         return Err(PersonalizeError::IdentificationUnavailable);
     }
+    // Before any APDU: a flow that holds no TAN cannot fall back to sending one.
+    if flow.tan_at_pin_pad() && !link.transport_mut().has_pin_pad()? {
+        return Err(PersonalizeError::NoPinPad);
+    }
     let mut journal_id = None;
     let result = drive(link, journal, &mut flow, &mut journal_id, idunit);
     match (&result, journal_id) {
@@ -1387,6 +1447,10 @@ fn drive<T: Transport>(
         match flow.next_action()? {
             Action::Send { header, data } => {
                 let response = link.send(header, &data)?;
+                flow.on_response(&response)?;
+            }
+            Action::VerifyAtPinPad { header, digits } => {
+                let response = link.verify_at_pin_pad(header, digits)?;
                 flow.on_response(&response)?;
             }
             Action::Record(issued) => {
@@ -1437,6 +1501,7 @@ pub fn reset_module<T: Transport>(
                 flow.on_response(&response)?;
             }
             Action::Record(_)
+            | Action::VerifyAtPinPad { .. }
             | Action::CheckTan { .. }
             | Action::Identify { .. }
             | Action::CheckIdentification { .. }
@@ -1474,6 +1539,7 @@ impl OpenChannel {
                     flow.on_response(&response)?;
                 }
                 Action::Record(_)
+                | Action::VerifyAtPinPad { .. }
                 | Action::CheckTan { .. }
                 | Action::Identify { .. }
                 | Action::CheckIdentification { .. }

@@ -157,6 +157,26 @@ pub fn judge(
     }
 }
 
+/// Decimal digits in a TAN as `imprint tan issue` makes them: what a PIN-pad
+/// reader asks the user for (minimum and maximum both), so the pad's OK key
+/// is refused until the whole TAN is typed.
+pub const TAN_DIGITS: u8 = 10;
+
+/// What a status word means in answer to a VERIFY sent through a PIN pad
+/// (PC/SC secure PIN entry): the reader itself answers `64xx` and `6B80`
+/// (PC/SC part 10 and the CCID specification) when the entry did not
+/// complete, so the card never saw a VERIFY; anything else is the card's.
+pub fn pin_pad_status_meaning(sw: u16) -> &'static str {
+    match sw {
+        0x6400 => "the PIN pad timed out before the TAN was entered",
+        0x6401 => "the user cancelled the entry at the PIN pad",
+        0x6402 => "the two entries at the PIN pad differ",
+        0x6403 => "the TAN typed at the PIN pad has the wrong number of digits",
+        0x6B80 => "the reader refused the PIN entry parameters",
+        other => super::status_meaning(other),
+    }
+}
+
 /// Whether `tan` is a TAN as `imprint tan issue` prints them and the module
 /// accepts: 4 to 16 bytes.
 pub fn tan_length_ok(tan: &[u8]) -> bool {

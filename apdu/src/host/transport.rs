@@ -49,6 +49,29 @@ pub trait Transport {
     fn switch_to_direct(&mut self) -> Result<(), TransportError> {
         Err(TransportError::DirectUnsupported)
     }
+
+    /// Whether the reader has a PIN pad that [`Transport::verify_at_pin_pad`]
+    /// can use (PC/SC secure PIN entry). Default: no PIN pad.
+    fn has_pin_pad(&mut self) -> Result<bool, TransportError> {
+        Ok(false)
+    }
+
+    /// Secure PIN entry: the reader sends the VERIFY `header` with reference
+    /// data of exactly `digits` ASCII digits that the user types on the
+    /// reader's own PIN pad, so the host never holds them. Returns the
+    /// response (`SW1 SW2`), which may be the reader's own status (`64xx`
+    /// for a timeout or cancel). Default: no PIN pad.
+    fn verify_at_pin_pad(
+        &mut self,
+        header: [u8; 4],
+        digits: u8,
+    ) -> Result<Vec<u8>, TransportError> {
+        let _ = (header, digits);
+        Err(TransportError::Io(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this transport has no PIN pad",
+        )))
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for &mut T {
@@ -60,6 +83,17 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     }
     fn switch_to_direct(&mut self) -> Result<(), TransportError> {
         (**self).switch_to_direct()
+    }
+
+    fn has_pin_pad(&mut self) -> Result<bool, TransportError> {
+        (**self).has_pin_pad()
+    }
+    fn verify_at_pin_pad(
+        &mut self,
+        header: [u8; 4],
+        digits: u8,
+    ) -> Result<Vec<u8>, TransportError> {
+        (**self).verify_at_pin_pad(header, digits)
     }
 }
 
@@ -166,6 +200,20 @@ impl<T: Transport> CardLink<T> {
         self.wire_time += started.elapsed();
         self.apdus = self.apdus.saturating_add(1);
         Response::from_bytes(&bytes?).ok_or(TransportError::ShortResponse)
+    }
+
+    /// Sends a VERIFY whose reference data the user types at the reader's
+    /// PIN pad ([`Transport::verify_at_pin_pad`]): one command, one APDU.
+    /// The user's typing is not counted as wire time.
+    pub fn verify_at_pin_pad(
+        &mut self,
+        header: [u8; 4],
+        digits: u8,
+    ) -> Result<Response, TransportError> {
+        self.commands = self.commands.saturating_add(1);
+        self.apdus = self.apdus.saturating_add(1);
+        let bytes = self.transport.verify_at_pin_pad(header, digits)?;
+        Response::from_bytes(&bytes).ok_or(TransportError::ShortResponse)
     }
 
     /// Sends one logical command and returns the complete response.

@@ -29,6 +29,10 @@
 //!
 //! [`ReaderWatch`] follows one reader's card insertions and removals with
 //! `SCardGetStatusChange` for the station.
+//!
+//! A reader that lists `FEATURE_VERIFY_PIN_DIRECT` among its PC/SC part 10
+//! features gives the transport a PIN pad ([`pinpad`]): a VERIFY whose
+//! digits the user types on the reader, which the host never holds.
 
 use std::ffi::CString;
 use std::fmt;
@@ -48,6 +52,7 @@ use pcsc::{Context, Disposition, Protocol, Protocols, Scope, ShareMode, State};
 use crate::HostError;
 use crate::station::ReaderChange;
 
+pub mod pinpad;
 #[cfg(test)]
 mod tests;
 
@@ -169,6 +174,7 @@ pub struct PcscTransport {
     exchanged: u32,
     buffer: Vec<u8>,
     on_close: OnClose,
+    features: Option<pinpad::Features>,
 }
 
 impl fmt::Debug for PcscTransport {
@@ -234,6 +240,7 @@ impl PcscTransport {
             exchanged: 0,
             buffer: vec![0; RECEIVE_BUFFER],
             on_close: options.on_close,
+            features: None,
         };
         transport.length = if options.short_apdus {
             LengthMode::Short(ShortReason::Forced)
@@ -312,6 +319,32 @@ impl PcscTransport {
     /// answered from the probe not.
     pub fn exchanged(&self) -> u32 {
         self.exchanged
+    }
+
+    /// The reader's PC/SC part 10 features, asked for once per connection
+    /// with `CM_IOCTL_GET_FEATURE_REQUEST` (a request to the reader; the
+    /// card sees nothing). A reader or driver that cannot answer it lists
+    /// none: pcsc-lite answers `SCARD_E_UNSUPPORTED_FEATURE` for drivers
+    /// without control support, vpcd's among them. A malformed list is an
+    /// error, not an empty one.
+    pub fn features(&mut self) -> Result<&pinpad::Features, HostError> {
+        if self.features.is_none() {
+            let Some(card) = &self.card else {
+                return Err(HostError::NoCard(self.reader.clone()));
+            };
+            let code = pcsc::ctl_code(pcsc::ffi::DWORD::from(pinpad::GET_FEATURE_REQUEST));
+            let mut answer = [0u8; pcsc::MAX_BUFFER_SIZE];
+            let features = match card.control(code, &[], &mut answer) {
+                Ok(answer) => pinpad::Features::parse(answer)?,
+                Err(err) if card_gone(err) => return Err(HostError::NoCard(self.reader.clone())),
+                Err(err @ (pcsc::Error::NoService | pcsc::Error::ServiceStopped)) => {
+                    return Err(HostError::PcscService(err));
+                }
+                Err(_) => pinpad::Features::default(),
+            };
+            self.features = Some(features);
+        }
+        Ok(self.features.get_or_insert_default())
     }
 
     /// Disconnects, with the disposition chosen at connect time.
@@ -402,6 +435,57 @@ impl Transport for PcscTransport {
     fn supports_extended_length(&self) -> bool {
         self.length == LengthMode::Extended
     }
+
+    fn has_pin_pad(&mut self) -> Result<bool, TransportError> {
+        Ok(self
+            .features()
+            .map_err(feature_error)?
+            .verify_pin_direct()
+            .is_some())
+    }
+
+    fn verify_at_pin_pad(
+        &mut self,
+        header: [u8; 4],
+        digits: u8,
+    ) -> Result<Vec<u8>, TransportError> {
+        let Some(code) = self.features().map_err(feature_error)?.verify_pin_direct() else {
+            return Err(TransportError::Io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("reader {:?} offers no secure PIN entry", self.reader),
+            )));
+        };
+        let structure = pinpad::verify_pin_structure(header, digits, digits)
+            .ok_or(TransportError::TooLarge(usize::from(digits)))?;
+        // The VERIFY reaches the card: the probe's answer may no longer hold.
+        self.cached_answer = None;
+        let Some(card) = &self.card else {
+            return Err(TransportError::Disconnected);
+        };
+        self.exchanged += 1;
+        let result = card
+            .control(pcsc::ffi::DWORD::from(code), &structure, &mut self.buffer)
+            .map(<[u8]>::to_vec);
+        match result {
+            Ok(answer) if answer.len() < 2 && self.card_left() => Err(TransportError::Disconnected),
+            Ok(answer) => Ok(answer),
+            Err(err) if card_gone(err) => Err(TransportError::Disconnected),
+            Err(err) if maybe_gone(err) && self.card_left() => Err(TransportError::Disconnected),
+            Err(source) => Err(TransportError::Io(std::io::Error::other(HostError::Pcsc {
+                reader: Some(self.reader.clone()),
+                op: "verify through the reader's PIN pad",
+                source,
+            }))),
+        }
+    }
+}
+
+/// A failure to learn the reader's features, as the flows see transport failures.
+fn feature_error(err: HostError) -> TransportError {
+    match err {
+        HostError::NoCard(_) => TransportError::Disconnected,
+        other => TransportError::Io(std::io::Error::other(other)),
+    }
 }
 
 /// A link to a card in a PC/SC reader.
@@ -438,6 +522,26 @@ impl Transport for AnyTransport {
             Self::File(transport) => transport.supports_extended_length(),
             Self::SoftHsm(transport) => transport.supports_extended_length(),
             Self::Reader(transport) => transport.supports_extended_length(),
+        }
+    }
+
+    fn has_pin_pad(&mut self) -> Result<bool, TransportError> {
+        match self {
+            // A module in this process has no reader, so no pad.
+            Self::File(_) | Self::SoftHsm(_) => Ok(false),
+            Self::Reader(transport) => transport.has_pin_pad(),
+        }
+    }
+
+    fn verify_at_pin_pad(
+        &mut self,
+        header: [u8; 4],
+        digits: u8,
+    ) -> Result<Vec<u8>, TransportError> {
+        match self {
+            Self::File(transport) => transport.verify_at_pin_pad(header, digits),
+            Self::SoftHsm(transport) => transport.verify_at_pin_pad(header, digits),
+            Self::Reader(transport) => transport.verify_at_pin_pad(header, digits),
         }
     }
 }

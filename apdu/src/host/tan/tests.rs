@@ -94,3 +94,21 @@ fn a_locked_serial_is_refused_even_with_the_right_tan() {
         }
     ));
 }
+
+#[test]
+fn pin_pad_statuses_name_the_reader_s_outcome_and_fall_back_to_the_card_s() {
+    assert!(pin_pad_status_meaning(0x6400).contains("timed out"));
+    assert!(pin_pad_status_meaning(0x6401).contains("cancelled"));
+    assert!(pin_pad_status_meaning(0x6403).contains("wrong number of digits"));
+    assert!(pin_pad_status_meaning(0x6B80).contains("parameters"));
+    // Anything else is the card's answer to the VERIFY.
+    assert_eq!(
+        pin_pad_status_meaning(0x6985),
+        crate::host::status_meaning(0x6985)
+    );
+}
+
+#[test]
+fn a_tan_of_the_pad_s_length_is_one_the_module_accepts() {
+    assert!(tan_length_ok(&[b'0'; TAN_DIGITS as usize]));
+}
