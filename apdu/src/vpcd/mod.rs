@@ -206,6 +206,18 @@ impl<K: KeyMemory> CardApplet for Applet<K> {
     }
 }
 
+/// The identification unit (claims 16–18) as a card of its own, for a
+/// second reader.
+impl<S: crate::idunit::IdUnitStore> CardApplet for crate::idunit::IdUnit<S> {
+    fn process(&mut self, apdu: &[u8]) -> Vec<u8> {
+        crate::idunit::IdUnit::process(self, apdu)
+    }
+
+    fn reset(&mut self) {
+        crate::idunit::IdUnit::reset(self);
+    }
+}
+
 /// The applet dressed as a card: it answers `vpcd`'s messages.
 pub struct VirtualCard<A: CardApplet> {
     applet: A,

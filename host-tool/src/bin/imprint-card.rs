@@ -12,6 +12,10 @@
 //! channel, this process dials the unit and finishes the personalization
 //! over that connection, sharing the applet with the reader's side.
 //!
+//! With `--idunit DIR` the card is an identification unit (claims 16–18,
+//! issued by `imprint idunit issue`) instead of a module: the user's second
+//! card, for `imprint personalize --idunit-reader`.
+//!
 //! Exit status: 0 after SIGINT, SIGTERM or SIGHUP (the current APDU finishes,
 //! the card leaves the reader); 1 on a start-up error; 86 when
 //! `--fail-after-apdus` fires (the response to the last APDU is never sent).
@@ -23,10 +27,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use imprint_apdu::Applet;
-use imprint_apdu::Lifecycle;
+use imprint_apdu::idunit::IdUnit;
+use imprint_apdu::idunit::file::FileIdStore;
 use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::vpcd::{self, CardApplet, Event, ServeOptions, ServeOutcome, VirtualCard};
 use imprint_host::remote::NetworkedModule;
@@ -52,8 +57,12 @@ Exit status: 0 after SIGINT/SIGTERM/SIGHUP, 1 on errors, 86 when
 #[command(name = "imprint-card", version, after_help = AFTER_HELP)]
 struct Cli {
     /// The module directory (created, as a blank module, if missing).
-    #[arg(long, value_name = "DIR")]
-    module: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "idunit")]
+    module: Option<PathBuf>,
+    /// Be an identification unit instead (claims 16–18): the directory
+    /// `imprint idunit issue --dir DIR` wrote.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["module", "direct"])]
+    idunit: Option<PathBuf>,
     /// The vpcd reader's address (the card is the TCP client).
     #[arg(long, value_name = "HOST:PORT", default_value = vpcd::DEFAULT_ADDR)]
     vpcd: String,
@@ -85,11 +94,30 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let applet = open_applet(&cli.module)?;
+    if let Some(dir) = &cli.idunit {
+        let idunit = open_idunit(dir)?;
+        let what = format!(
+            "identification unit {} ({} values left)",
+            dir.display(),
+            idunit.values_left()
+        );
+        return serve(cli, VirtualCard::new(idunit), &what);
+    }
+    let dir = cli
+        .module
+        .as_deref()
+        .ok_or_else(|| anyhow!("--module DIR or --idunit DIR is required"))?;
+    let applet = open_applet(dir)?;
     if cli.direct {
         let module = NetworkedModule::new(applet, Duration::from_secs(cli.direct_timeout));
-        let lifecycle = module.with_applet(|applet| applet.lifecycle());
-        let code = serve(cli, VirtualCard::new(module.clone()), lifecycle);
+        let what = module.with_applet(|applet| {
+            format!(
+                "module {} ({}, direct connections)",
+                dir.display(),
+                applet.lifecycle()
+            )
+        });
+        let code = serve(cli, VirtualCard::new(module.clone()), &what);
         for run in module.finish_direct_runs() {
             match run {
                 Ok(run) => log(
@@ -104,8 +132,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         return code;
     }
-    let lifecycle = applet.lifecycle();
-    serve(cli, VirtualCard::new(applet), lifecycle)
+    let what = format!("module {} ({})", dir.display(), applet.lifecycle());
+    serve(cli, VirtualCard::new(applet), &what)
 }
 
 fn log(cli: &Cli, line: &str) {
@@ -117,7 +145,7 @@ fn log(cli: &Cli, line: &str) {
 fn serve<A: CardApplet>(
     cli: &Cli,
     mut card: VirtualCard<A>,
-    lifecycle: Lifecycle,
+    what: &str,
 ) -> anyhow::Result<ExitCode> {
     let addr = resolve(&cli.vpcd)?;
     let options = ServeOptions {
@@ -128,15 +156,7 @@ fn serve<A: CardApplet>(
     ctrlc::set_handler(move || stop.stop()).context("cannot install the signal handler")?;
 
     let log = |line: &str| log(cli, line);
-    log(&format!(
-        "module {} ({lifecycle}{}), vpcd reader at {addr}",
-        cli.module.display(),
-        if cli.direct {
-            ", direct connections"
-        } else {
-            ""
-        }
-    ));
+    log(&format!("{what}, vpcd reader at {addr}"));
     let outcome = vpcd::serve(addr, &mut card, &options, &mut |event| match event {
         Event::Connected { addr } => log(&format!("connected to vpcd at {addr} (card inserted)")),
         Event::Disconnected { error: None } => log("disconnected (card removed)"),
@@ -182,6 +202,19 @@ fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .or_else(|| addrs.first())
         .copied()
         .ok_or_else(|| anyhow!("--vpcd {addr:?} resolves to no address"))
+}
+
+/// An identification unit `imprint idunit issue` wrote; never a new one.
+fn open_idunit(dir: &Path) -> anyhow::Result<IdUnit<FileIdStore>> {
+    if !dir.is_dir() {
+        bail!(
+            "no identification unit in {}: issue one with `imprint idunit issue --dir`",
+            dir.display()
+        );
+    }
+    let store = FileIdStore::open(dir)
+        .with_context(|| format!("cannot open the identification unit in {}", dir.display()))?;
+    IdUnit::new(store).map_err(|err| anyhow!("the identification unit in {}: {err}", dir.display()))
 }
 
 fn open_applet(dir: &Path) -> anyhow::Result<Applet<FileKeyMemory>> {

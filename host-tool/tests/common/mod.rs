@@ -85,6 +85,15 @@ pub fn insert_card(reader: &Reader, module: &Path, extra: &[&str]) -> CardProces
     card
 }
 
+/// Starts `imprint-card --idunit DIR` (an identification unit, claims 16–18)
+/// in an empty `reader` and waits until pcscd sees it.
+pub fn insert_idunit(reader: &Reader, idunit: &Path) -> CardProcess {
+    wait_for_empty_reader(reader);
+    let card = CardProcess::start_as("--idunit", idunit, &reader.addr(), &["--quiet"]);
+    wait_for_card(reader, &card);
+    card
+}
+
 pub fn wait_for_card(reader: &Reader, card: &CardProcess) {
     let start = Instant::now();
     while !card_present(reader) {
@@ -108,11 +117,16 @@ pub struct CardProcess {
 
 impl CardProcess {
     pub fn start(module: &Path, addr: &str, extra: &[&str]) -> Self {
-        let log = module.with_extension(format!("{}.log", unique()));
+        Self::start_as("--module", module, addr, extra)
+    }
+
+    /// `imprint-card ROLE DIR`: `--module` or `--idunit`.
+    pub fn start_as(role: &str, dir: &Path, addr: &str, extra: &[&str]) -> Self {
+        let log = dir.with_extension(format!("{}.log", unique()));
         let stderr = File::create(&log).expect("card log");
         let child = Command::new(env!("CARGO_BIN_EXE_imprint-card"))
-            .arg("--module")
-            .arg(module)
+            .arg(role)
+            .arg(dir)
             .args(["--vpcd", addr])
             .args(extra)
             .stdin(Stdio::null())
