@@ -14,7 +14,6 @@ use imprint_apdu::host::{
 };
 use imprint_apdu::iso::sw;
 use imprint_apdu::keymem::memory::MemoryKeyMemory;
-use imprint_apdu::keymem::{KeyMemory, KeySlot};
 use imprint_apdu::proto::{ins, len, tag};
 use imprint_apdu::tlv;
 use imprint_tests::*;
@@ -174,16 +173,7 @@ fn a_unit_path_that_cannot_switch_fails_before_anything_changes() {
         ),
         "{err}"
     );
-    assert!(journal.entries.is_empty(), "nothing issued");
-    let applet = link.transport_mut().applet_mut();
-    assert_eq!(applet.lifecycle(), Lifecycle::Personalization);
-    assert!(
-        applet
-            .memory_mut()
-            .public_key(KeySlot::Module)
-            .expect("key memory")
-            .is_none()
-    );
+    assert_untouched(link.transport_mut().applet_mut(), &journal);
 }
 
 #[test]

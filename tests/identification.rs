@@ -4,7 +4,6 @@
 //! clear message; nothing is issued; the module is unchanged (no module
 //! key, still PERSONALIZATION, no answer left in its volatile memory).
 
-use imprint_apdu::Lifecycle;
 use imprint_apdu::host::identification::{
     IdUnitError, IdentificationRefusal, IdentificationSource,
 };
@@ -15,7 +14,6 @@ use imprint_apdu::host::{
 };
 use imprint_apdu::idunit::{CHALLENGE_LEN, IdentificationAnswer};
 use imprint_apdu::keymem::memory::MemoryKeyMemory;
-use imprint_apdu::keymem::{KeyMemory, KeySlot};
 use imprint_tests::*;
 use zeroize::Zeroizing;
 
@@ -34,20 +32,10 @@ fn manufactured_module(pki: &Pki) -> Module {
     link
 }
 
-/// Nothing issued, the module unchanged.
-fn assert_untouched(module: &mut Module, journal: &RecordingJournal) {
-    assert!(journal.entries.is_empty(), "nothing issued");
+/// Nothing issued, the module unchanged, no answer left behind.
+fn assert_refused_cleanly(module: &mut Module, journal: &RecordingJournal) {
     let applet = module.transport_mut().applet_mut();
-    assert_eq!(applet.lifecycle(), Lifecycle::Personalization);
-    assert!(
-        applet
-            .memory_mut()
-            .public_key(KeySlot::Module)
-            .expect("key memory")
-            .is_none(),
-        "no module key"
-    );
-    assert!(applet.records().module_cert.is_none());
+    assert_untouched(applet, journal);
     assert!(!applet.holds_identification(), "no answer left behind");
 }
 
@@ -97,7 +85,7 @@ fn a_forged_mac_is_refused() {
     );
     assert!(err.to_string().contains("does not verify"), "{err}");
     assert!(!journal.idvalue(1).used, "the value stays open");
-    assert_untouched(&mut module, &journal);
+    assert_refused_cleanly(&mut module, &journal);
 }
 
 #[test]
@@ -123,7 +111,7 @@ fn an_answer_replayed_to_a_new_challenge_is_refused() {
         "{err}"
     );
     assert!(err.to_string().contains("replayed"), "{err}");
-    assert_untouched(&mut module, &journal);
+    assert_refused_cleanly(&mut module, &journal);
 }
 
 #[test]
@@ -148,7 +136,7 @@ fn a_foreign_identification_unit_is_refused() {
         "{err}"
     );
     assert!(err.to_string().contains("not registered"), "{err}");
-    assert_untouched(&mut module, &journal);
+    assert_refused_cleanly(&mut module, &journal);
 }
 
 #[test]
@@ -171,7 +159,7 @@ fn a_value_not_issued_to_the_identification_unit_is_refused() {
         matches!(refused(&err), IdentificationRefusal::UnknownValue(_)),
         "{err}"
     );
-    assert_untouched(&mut module, &journal);
+    assert_refused_cleanly(&mut module, &journal);
 }
 
 #[test]
@@ -205,7 +193,7 @@ fn a_reused_value_is_refused() {
         "{err}"
     );
     assert!(err.to_string().contains("already used"), "{err}");
-    assert_untouched(&mut module, &journal);
+    assert_refused_cleanly(&mut module, &journal);
 }
 
 #[test]
@@ -230,7 +218,7 @@ fn an_identification_unit_with_no_values_left_is_refused() {
         err.to_string().contains("no identification values left"),
         "{err}"
     );
-    assert_untouched(&mut module, &journal);
+    assert_refused_cleanly(&mut module, &journal);
 }
 
 #[test]
@@ -259,7 +247,7 @@ fn a_module_handed_nothing_is_refused() {
         "{err}"
     );
     assert!(err.to_string().contains("holds no identification"), "{err}");
-    assert_untouched(&mut module, &journal);
+    assert_refused_cleanly(&mut module, &journal);
 }
 
 #[test]

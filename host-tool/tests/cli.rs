@@ -159,17 +159,7 @@ fn step_by_step_flow() {
     let dir = tmp.path();
     set_up_roles(dir);
 
-    let out = ok(
-        dir,
-        imprint().args([
-            "manufacturer",
-            "manufacture",
-            "--dir",
-            "M",
-            "--module",
-            "MOD",
-        ]),
-    );
+    let out = manufacture_module(dir, "MOD");
     assert!(out.contains("manufactured (3 APDUs)"), "{out}");
 
     let out = ok(
@@ -287,17 +277,7 @@ fn a_unit_certified_by_another_manufacturer_is_rejected() {
         ]),
     );
     certify_and_install(dir, "M2", "P2");
-    ok(
-        dir,
-        imprint().args([
-            "manufacturer",
-            "manufacture",
-            "--dir",
-            "M",
-            "--module",
-            "MOD",
-        ]),
-    );
+    manufacture_module(dir, "MOD");
 
     let output = fails(
         dir,
@@ -374,17 +354,7 @@ fn failures_are_clear_and_non_zero() {
 
     // Not installed yet: the missing certificate file is named.
     ok(dir, imprint().args(["manufacturer", "init", "--dir", "M"]));
-    ok(
-        dir,
-        imprint().args([
-            "manufacturer",
-            "manufacture",
-            "--dir",
-            "M",
-            "--module",
-            "MOD",
-        ]),
-    );
+    manufacture_module(dir, "MOD");
     let output = fails(
         dir,
         imprint().args(["personalize", "--personalizer", "P", "--module", "MOD"]),
@@ -470,8 +440,29 @@ fn printed_tans(out: &str) -> Vec<String> {
         .collect()
 }
 
+/// `imprint manufacturer manufacture --dir M --module MODULE` in `dir`;
+/// returns its standard output.
+fn manufacture_module(dir: &Path, module: &str) -> String {
+    ok(
+        dir,
+        imprint().args([
+            "manufacturer",
+            "manufacture",
+            "--dir",
+            "M",
+            "--module",
+            module,
+        ]),
+    )
+}
+
 /// Runs `imprint personalize` with `tan` on stdin (`--tan`, not a terminal).
 fn personalize_with_stdin_tan(dir: &Path, module: &str, tan: &str) -> Output {
+    personalize_with_stdin_tan_and(dir, module, tan, &[])
+}
+
+/// [`personalize_with_stdin_tan`] with `extra` arguments.
+fn personalize_with_stdin_tan_and(dir: &Path, module: &str, tan: &str, extra: &[&str]) -> Output {
     use std::io::Write;
     let mut child = imprint()
         .args([
@@ -483,6 +474,7 @@ fn personalize_with_stdin_tan(dir: &Path, module: &str, tan: &str) -> Output {
             "--tan",
             "--require-tan",
         ])
+        .args(extra)
         .current_dir(dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -505,17 +497,7 @@ fn tan_protected_personalization_through_the_cli() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     set_up_roles(dir);
-    let out = ok(
-        dir,
-        imprint().args([
-            "manufacturer",
-            "manufacture",
-            "--dir",
-            "M",
-            "--module",
-            "MOD",
-        ]),
-    );
+    let out = manufacture_module(dir, "MOD");
     let serial = out
         .split_whitespace()
         .nth(1)
@@ -653,21 +635,10 @@ fn tan_protected_personalization_through_the_cli() {
 /// before, and nothing mentions a pad.
 #[test]
 fn tan_at_host_goes_with_tan_and_types_the_tan_at_the_host() {
-    use std::io::Write;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     set_up_roles(dir);
-    ok(
-        dir,
-        imprint().args([
-            "manufacturer",
-            "manufacture",
-            "--dir",
-            "M",
-            "--module",
-            "MOD",
-        ]),
-    );
+    manufacture_module(dir, "MOD");
     let output = imprint()
         .args([
             "personalize",
@@ -689,30 +660,7 @@ fn tan_at_host_goes_with_tan_and_types_the_tan_at_the_host() {
 
     let out = ok(dir, imprint().args(["tan", "issue", "--personalizer", "P"]));
     let tan = printed_tans(&out).remove(0);
-    let mut child = imprint()
-        .args([
-            "personalize",
-            "--personalizer",
-            "P",
-            "--module",
-            "MOD",
-            "--tan",
-            "--tan-at-host",
-            "--require-tan",
-        ])
-        .current_dir(dir)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{tan}\n").as_bytes())
-        .expect("write TAN");
-    let output = child.wait_with_output().expect("wait");
+    let output = personalize_with_stdin_tan_and(dir, "MOD", &tan, &["--tan-at-host"]);
     let out = text(&output.stdout);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(out.contains("APDUs:      7"), "{out}");
@@ -727,17 +675,7 @@ fn identification_unit_through_the_cli() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     set_up_roles(dir);
-    ok(
-        dir,
-        imprint().args([
-            "manufacturer",
-            "manufacture",
-            "--dir",
-            "M",
-            "--module",
-            "MOD",
-        ]),
-    );
+    manufacture_module(dir, "MOD");
     let out = ok(
         dir,
         imprint().args([

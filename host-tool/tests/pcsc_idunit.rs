@@ -4,7 +4,6 @@
 //! --require-identification --idunit-reader` through the machine's pcscd.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use imprint_apdu::host::manufacture::manufacture;
 use imprint_host::roles::Manufacturer;
@@ -12,17 +11,6 @@ use imprint_host::{demo, module};
 
 mod common;
 use common::*;
-
-fn imprint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imprint"))
-        .args(args)
-        .output()
-        .expect("imprint")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn path(dir: &Path) -> String {
     dir.display().to_string()

@@ -19,15 +19,73 @@ use imprint_tests::claims::Harness;
 mod common;
 use common::*;
 
-fn imprint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imprint"))
-        .args(args)
-        .output()
-        .expect("imprint")
+/// `imprint relay --reader READER` to `service` under the key in `relay_dir`.
+fn relay(reader: &str, service: &Service, relay_dir: &Path) -> Output {
+    imprint(&[
+        "relay",
+        "--reader",
+        reader,
+        "--personalizer",
+        &service.address,
+        "--relay-key",
+        &relay_dir.display().to_string(),
+    ])
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// The three roles (the demo's), and a card manufactured in the harness's
+/// reader, released for the relay to open. Returns the unit's directory,
+/// the card's serial and the reader.
+fn world_and_card(harness: &mut PcscHarness, tmp: &Path) -> (std::path::PathBuf, String, String) {
+    let world = tmp.join("world");
+    demo::run_demo(&world, 1).expect("the three roles");
+    let manufacturer = Manufacturer::open(&world.join("manufacturer")).expect("manufacturer");
+    let (mut link, _) = harness.blank_module();
+    let made = manufacture(&mut link, manufacturer.credentials(), 20).expect("manufacture");
+    drop(link);
+    (
+        world.join("personalizer"),
+        made.serial,
+        harness.reader_name().to_owned(),
+    )
+}
+
+/// `imprint relay init --dir DIR`.
+fn init_relay(dir: &Path) {
+    let output = imprint(&["relay", "init", "--dir", &dir.display().to_string()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+/// `imprint personalizer relay register` of the relay key in `relay_dir`.
+fn register_relay(unit: &str, name: &str, relay_dir: &Path) {
+    let output = imprint(&[
+        "personalizer",
+        "relay",
+        "register",
+        "--personalizer",
+        unit,
+        "--name",
+        name,
+        "--public-key",
+        &relay_dir.join("relay.pub.pem").display().to_string(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+/// The card in `reader` is OPERATING with a module certificate from the unit in `unit_dir`.
+fn assert_operating_with_a_certificate_from(reader: &str, unit_dir: &Path) {
+    let transport = PcscTransport::open(reader, imprint_host::pcsc::ConnectOptions::exclusive())
+        .expect("reader");
+    let mut link = imprint_apdu::host::CardLink::new(transport);
+    let status = read_status(&mut link).expect("status");
+    drop(link);
+    assert_eq!(status.info.lifecycle, Lifecycle::Operating);
+    let unit = Personalizer::open(unit_dir).expect("unit");
+    verify_issued_by(
+        &status.module_cert.expect("module certificate"),
+        &unit.cert_by_central,
+        0,
+    )
+    .expect("issued by the unit");
 }
 
 /// `imprint personalizer serve`, stopped when dropped.
@@ -86,50 +144,20 @@ fn claim14_mobile_appliance_relays_and_identifies_the_module_indirectly_over_pcs
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let world = tmp.path().join("world");
-    demo::run_demo(&world, 1).expect("the three roles");
-    let unit_dir = world.join("personalizer");
-    let manufacturer = Manufacturer::open(&world.join("manufacturer")).expect("manufacturer");
-
-    // The card: manufactured, then released for the relay to open.
-    let (mut link, _) = harness.blank_module();
-    let made = manufacture(&mut link, manufacturer.credentials(), 20).expect("manufacture");
-    drop(link);
-    let reader = harness.reader_name().to_owned();
+    let (unit_dir, serial, reader) = world_and_card(&mut harness, tmp.path());
 
     // The relay's credential, registered with the unit.
     let relay_dir = tmp.path().join("phone");
     let stranger_dir = tmp.path().join("stranger");
-    for dir in [&relay_dir, &stranger_dir] {
-        let output = imprint(&["relay", "init", "--dir", &dir.display().to_string()]);
-        assert!(output.status.success(), "{}", text(&output.stderr));
-    }
+    init_relay(&relay_dir);
+    init_relay(&stranger_dir);
     let unit_arg = unit_dir.display().to_string();
-    let output = imprint(&[
-        "personalizer",
-        "relay",
-        "register",
-        "--personalizer",
-        &unit_arg,
-        "--name",
-        "phone",
-        "--public-key",
-        &relay_dir.join("relay.pub.pem").display().to_string(),
-    ]);
-    assert!(output.status.success(), "{}", text(&output.stderr));
+    register_relay(&unit_arg, "phone", &relay_dir);
 
     let service = Service::start(&unit_dir, &[]);
 
     // An unregistered relay is refused; the card is untouched.
-    let refused = imprint(&[
-        "relay",
-        "--reader",
-        &reader,
-        "--personalizer",
-        &service.address,
-        "--relay-key",
-        &stranger_dir.display().to_string(),
-    ]);
+    let refused = relay(&reader, &service, &stranger_dir);
     assert!(!refused.status.success());
     assert!(
         text(&refused.stderr).contains("not registered"),
@@ -138,15 +166,7 @@ fn claim14_mobile_appliance_relays_and_identifies_the_module_indirectly_over_pcs
     );
 
     // The registered relay: the card ends OPERATING with the unit's certificate.
-    let relayed = imprint(&[
-        "relay",
-        "--reader",
-        &reader,
-        "--personalizer",
-        &service.address,
-        "--relay-key",
-        &relay_dir.display().to_string(),
-    ]);
+    let relayed = relay(&reader, &service, &relay_dir);
     let stdout = text(&relayed.stdout);
     assert!(
         relayed.status.success(),
@@ -154,23 +174,11 @@ fn claim14_mobile_appliance_relays_and_identifies_the_module_indirectly_over_pcs
         text(&relayed.stderr)
     );
     assert!(
-        stdout.contains(&format!("serial:     {}", made.serial)),
+        stdout.contains(&format!("serial:     {}", serial)),
         "{stdout}"
     );
 
-    let transport = PcscTransport::open(&reader, imprint_host::pcsc::ConnectOptions::exclusive())
-        .expect("reader");
-    let mut link = imprint_apdu::host::CardLink::new(transport);
-    let status = read_status(&mut link).expect("status");
-    drop(link);
-    assert_eq!(status.info.lifecycle, Lifecycle::Operating);
-    let unit = Personalizer::open(&unit_dir).expect("unit");
-    verify_issued_by(
-        &status.module_cert.expect("module certificate"),
-        &unit.cert_by_central,
-        0,
-    )
-    .expect("issued by the unit");
+    assert_operating_with_a_certificate_from(&reader, &unit_dir);
 
     // The unit recorded which relay presented which module.
     let list = imprint(&["personalizer", "relay", "list", "--personalizer", &unit_arg]);
@@ -179,7 +187,7 @@ fn claim14_mobile_appliance_relays_and_identifies_the_module_indirectly_over_pcs
     assert!(listing.contains("relay phone key="), "{listing}");
     let row = listing
         .lines()
-        .find(|line| line.starts_with(&format!("serial={} relay=phone ", made.serial)))
+        .find(|line| line.starts_with(&format!("serial={} relay=phone ", serial)))
         .unwrap_or_else(|| panic!("no presentation by phone: {listing}"));
     assert!(row.ends_with("outcome=installed"), "{row}");
     assert!(!row.contains("journal=-"), "{row}");
@@ -199,7 +207,7 @@ fn claim14_mobile_appliance_relays_and_identifies_the_module_indirectly_over_pcs
     );
     assert!(
         logged[1].contains("relay=phone")
-            && logged[1].contains(&format!("serial={}", made.serial))
+            && logged[1].contains(&format!("serial={}", serial))
             && logged[1].contains("result=installed"),
         "{logged:?}"
     );
@@ -212,42 +220,15 @@ fn claim15_relay_over_pcscd_only_sets_up_the_modules_direct_connection_to_the_un
     };
     let mut harness = harness.with_card_args(&["--direct"]);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let world = tmp.path().join("world");
-    demo::run_demo(&world, 1).expect("the three roles");
-    let unit_dir = world.join("personalizer");
-    let manufacturer = Manufacturer::open(&world.join("manufacturer")).expect("manufacturer");
-    let (mut link, _) = harness.blank_module();
-    let made = manufacture(&mut link, manufacturer.credentials(), 20).expect("manufacture");
-    drop(link);
-    let reader = harness.reader_name().to_owned();
+    let (unit_dir, serial, reader) = world_and_card(&mut harness, tmp.path());
 
     let relay_dir = tmp.path().join("phone");
-    let output = imprint(&["relay", "init", "--dir", &relay_dir.display().to_string()]);
-    assert!(output.status.success(), "{}", text(&output.stderr));
+    init_relay(&relay_dir);
     let unit_arg = unit_dir.display().to_string();
-    let output = imprint(&[
-        "personalizer",
-        "relay",
-        "register",
-        "--personalizer",
-        &unit_arg,
-        "--name",
-        "phone",
-        "--public-key",
-        &relay_dir.join("relay.pub.pem").display().to_string(),
-    ]);
-    assert!(output.status.success(), "{}", text(&output.stderr));
+    register_relay(&unit_arg, "phone", &relay_dir);
     let service = Service::start(&unit_dir, &["--direct"]);
 
-    let relayed = imprint(&[
-        "relay",
-        "--reader",
-        &reader,
-        "--personalizer",
-        &service.address,
-        "--relay-key",
-        &relay_dir.display().to_string(),
-    ]);
+    let relayed = relay(&reader, &service, &relay_dir);
     let stdout = text(&relayed.stdout);
     assert!(
         relayed.status.success(),
@@ -262,26 +243,14 @@ fn claim15_relay_over_pcscd_only_sets_up_the_modules_direct_connection_to_the_un
         "{stdout}"
     );
 
-    let transport = PcscTransport::open(&reader, imprint_host::pcsc::ConnectOptions::exclusive())
-        .expect("reader");
-    let mut link = imprint_apdu::host::CardLink::new(transport);
-    let status = read_status(&mut link).expect("status");
-    drop(link);
-    assert_eq!(status.info.lifecycle, Lifecycle::Operating);
-    let unit = Personalizer::open(&unit_dir).expect("unit");
-    verify_issued_by(
-        &status.module_cert.expect("module certificate"),
-        &unit.cert_by_central,
-        0,
-    )
-    .expect("issued by the unit");
+    assert_operating_with_a_certificate_from(&reader, &unit_dir);
 
     let logged = service
         .lines
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("a log line");
     assert!(
-        logged.contains(&format!("serial={}", made.serial))
+        logged.contains(&format!("serial={}", serial))
             && logged.contains("relay=phone")
             && logged.contains("direct=127.0.0.1:")
             && logged.contains("result=installed"),
@@ -291,7 +260,7 @@ fn claim15_relay_over_pcscd_only_sets_up_the_modules_direct_connection_to_the_un
     let listing = text(&list.stdout);
     let row = listing
         .lines()
-        .find(|line| line.starts_with(&format!("serial={} relay=phone ", made.serial)))
+        .find(|line| line.starts_with(&format!("serial={} relay=phone ", serial)))
         .unwrap_or_else(|| panic!("no presentation: {listing}"));
     assert!(row.contains(" direct=127.0.0.1:"), "{row}");
     assert!(row.ends_with("outcome=installed"), "{row}");

@@ -853,6 +853,14 @@ impl World {
         spawn(server)
     }
 
+    /// The unit logged the run as failed and journaled nothing for `serial`.
+    fn assert_failed_with_nothing_issued(&self, logs: &Receiver<ConnectionLog>, serial: &str) {
+        let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+        assert!(log.result.is_err(), "{log:?}");
+        let entries = self.journal().entries_for(serial).expect("entries");
+        assert!(entries.is_empty(), "nothing issued: {entries:?}");
+    }
+
     /// The module in `dir`, run with a network interface of its own.
     fn networked(&self, dir: &Path) -> remote::NetworkedModule<FileKeyMemory> {
         let applet = module::open(dir, false)
@@ -972,22 +980,13 @@ fn a_module_that_accepts_but_never_dials_leaves_nothing_issued() {
             .contains("did not open the direct connection"),
         "{err}"
     );
-    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
-    assert!(log.result.is_err(), "{log:?}");
+    world.assert_failed_with_nothing_issued(&logs, &serial);
     assert_eq!(lifecycle(&module_dir), Lifecycle::Personalization);
     assert!(
         module::status(&module_dir)
             .expect("status")
             .module_cert
             .is_none()
-    );
-    assert!(
-        world
-            .journal()
-            .entries_for(&serial)
-            .expect("entries")
-            .is_empty(),
-        "nothing issued"
     );
 }
 
@@ -1021,20 +1020,11 @@ fn a_relay_that_resets_the_module_after_the_hand_over_only_stops_the_run() {
         runs.iter().all(Result::is_err),
         "the module's side failed too"
     );
-    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
-    assert!(log.result.is_err(), "{log:?}");
+    world.assert_failed_with_nothing_issued(&logs, &serial);
     assert!(networked.with_applet(|applet| applet.records().module_cert.is_none()));
     assert_eq!(
         networked.with_applet(|applet| applet.lifecycle()),
         Lifecycle::Personalization
-    );
-    assert!(
-        world
-            .journal()
-            .entries_for(&serial)
-            .expect("entries")
-            .is_empty(),
-        "nothing issued"
     );
 }
 

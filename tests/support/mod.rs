@@ -240,6 +240,25 @@ pub fn personalized<T: Transport>(
     personalize(link, journal, unit, PersonalizationOptions::default())
 }
 
+/// Nothing issued, and the module is where a refused first personalization
+/// leaves it: PERSONALIZATION, no module key, no module certificate.
+pub fn assert_untouched<K: KeyMemory>(applet: &mut Applet<K>, journal: &RecordingJournal) {
+    assert!(journal.entries.is_empty(), "nothing issued");
+    assert_eq!(applet.lifecycle(), imprint_apdu::Lifecycle::Personalization);
+    assert!(
+        applet
+            .memory_mut()
+            .public_key(imprint_apdu::keymem::KeySlot::Module)
+            .expect("key memory")
+            .is_none(),
+        "no module key"
+    );
+    assert!(
+        applet.records().module_cert.is_none(),
+        "no module certificate"
+    );
+}
+
 /// The state of one journal entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryState {

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use imprint_apdu::host::manufacture::manufacture;
 use imprint_apdu::host::{CardLink, PersonalizationOptions, UnitCredentials, personalize};
 use imprint_apdu::proto::Lifecycle;
-use imprint_central::CentralAuthority;
 use imprint_central::client;
 use p384::ecdsa::SigningKey;
 
@@ -39,7 +38,7 @@ use crate::HostError;
 use crate::journal::SqliteJournal;
 use crate::module;
 use crate::remote::{self, ConnectionLog, RemoteError, ServeConfig, Server};
-use crate::roles::{self, Manufacturer, Personalizer};
+use crate::roles::{self, Manufacturer};
 
 /// Bytes of fresh randomness sent as each module's variation value, as
 /// `imprint personalizer serve` sends.
@@ -269,24 +268,12 @@ impl Rig {
             .tempdir()
             .map_err(RelayBenchError::TempDir)?;
         let dir = tmp.path().to_path_buf();
-        let manufacturer =
-            Manufacturer::init(&dir.join("manufacturer"), "Imprint bench manufacturer", 20)?;
-        let central = CentralAuthority::init(&dir.join("central"), "Imprint bench central", 20)
-            .map_err(HostError::from)?;
-        let unit_dir = dir.join("personalizer");
-        let csr = Personalizer::init(&unit_dir, "Imprint bench personalization unit")?;
-        let by_manufacturer = manufacturer.certify_personalizer(&csr, 10)?;
-        let by_central = central
-            .certify_personalizer(&csr, 5)
-            .map_err(HostError::from)?;
-        let unit = Personalizer::install(
-            &unit_dir,
-            manufacturer.root(),
-            &by_manufacturer,
-            &central.cert,
-            &by_central,
-            10,
-        )?;
+        let roles::Roles {
+            manufacturer,
+            unit_dir,
+            unit,
+            ..
+        } = roles::create_all(&dir, "Imprint bench")?;
         let mut journal = SqliteJournal::open(&roles::journal_path(&unit_dir))?;
 
         let relay_dir = dir.join("relay");

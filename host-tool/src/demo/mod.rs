@@ -25,7 +25,7 @@ use imprint_central::CentralAuthority;
 use crate::HostError;
 use crate::journal::{IssuanceStatus, SqliteJournal};
 use crate::module;
-use crate::roles::{self, Manufacturer, Personalizer};
+use crate::roles;
 
 #[cfg(test)]
 mod tests;
@@ -191,22 +191,12 @@ pub fn run_demo(dir: &Path, modules: usize) -> Result<DemoReport, HostError> {
     imprint_central::keyfile::create_private_dir(dir)?;
 
     // The three roles.
-    let manufacturer =
-        Manufacturer::init(&dir.join("manufacturer"), "Imprint demo manufacturer", 20)?;
-    let central = CentralAuthority::init(&dir.join("central"), "Imprint demo central system", 20)?;
-    let unit_dir = dir.join("personalizer");
-    let csr = Personalizer::init(&unit_dir, "Imprint demo personalization unit")?;
-    let by_manufacturer = manufacturer.certify_personalizer(&csr, 10)?;
-    let by_central = central.certify_personalizer(&csr, 5)?;
-    Personalizer::install(
-        &unit_dir,
-        manufacturer.root(),
-        &by_manufacturer,
-        &central.cert,
-        &by_central,
-        10,
-    )?;
-    let unit = Personalizer::open(&unit_dir)?;
+    let roles::Roles {
+        manufacturer,
+        central,
+        unit_dir,
+        unit,
+    } = roles::create_all(dir, "Imprint demo")?;
     let mut journal = SqliteJournal::open(&roles::journal_path(&unit_dir))?;
 
     // Manufacture and personalize every module.
@@ -289,8 +279,10 @@ pub fn run_demo(dir: &Path, modules: usize) -> Result<DemoReport, HostError> {
     // The modules' operating life: the central system registers the unit
     // it certified, and each module connects and runs one transaction.
     let central_dir = dir.join("central");
-    imprint_central::registry::Registry::open(&central_dir)?
-        .record_unit(&by_central, imprint_apdu::host::personalize::unix_now())?;
+    imprint_central::registry::Registry::open(&central_dir)?.record_unit(
+        &unit.cert_by_central,
+        imprint_apdu::host::personalize::unix_now(),
+    )?;
     operate_modules(dir, &central_dir, &mut rows)?;
     for row in &mut rows {
         row.verified = row.failures.is_empty();

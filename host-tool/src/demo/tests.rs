@@ -1,4 +1,5 @@
 use super::*;
+use crate::roles::Personalizer;
 
 #[test]
 fn demo_with_two_modules_verifies() {

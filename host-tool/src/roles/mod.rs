@@ -64,6 +64,53 @@ pub const DEFAULT_PERSONALIZER_NAME: &str = "Imprint personalization unit";
 /// Default upper bound of the central-delivery certificate's lifetime, in years.
 pub const DEFAULT_DELIVERY_YEARS: u32 = 10;
 
+/// The three roles set up in one directory, for demos, benchmarks and tests.
+pub struct Roles {
+    /// The manufacturer (`DIR/manufacturer`).
+    pub manufacturer: Manufacturer,
+    /// The central system (`DIR/central`).
+    pub central: imprint_central::CentralAuthority,
+    /// The personalization unit's directory (`DIR/personalizer`).
+    pub unit_dir: PathBuf,
+    /// The unit, installed: certified by the manufacturer (10 years) and the
+    /// central system (5 years).
+    pub unit: UnitCredentials,
+}
+
+/// Creates a manufacturer, a central system and a personalization unit
+/// certified by both in `dir`, each named after `label` ("Imprint demo" gives
+/// "Imprint demo manufacturer", …).
+pub fn create_all(dir: &Path, label: &str) -> Result<Roles, HostError> {
+    let manufacturer = Manufacturer::init(
+        &dir.join("manufacturer"),
+        &format!("{label} manufacturer"),
+        20,
+    )?;
+    let central = imprint_central::CentralAuthority::init(
+        &dir.join("central"),
+        &format!("{label} central system"),
+        20,
+    )?;
+    let unit_dir = dir.join("personalizer");
+    let csr = Personalizer::init(&unit_dir, &format!("{label} personalization unit"))?;
+    let by_manufacturer = manufacturer.certify_personalizer(&csr, 10)?;
+    let by_central = central.certify_personalizer(&csr, 5)?;
+    let unit = Personalizer::install(
+        &unit_dir,
+        manufacturer.root(),
+        &by_manufacturer,
+        &central.cert,
+        &by_central,
+        10,
+    )?;
+    Ok(Roles {
+        manufacturer,
+        central,
+        unit_dir,
+        unit,
+    })
+}
+
 /// The journal path of the unit in `dir`.
 pub fn journal_path(dir: &Path) -> PathBuf {
     dir.join(JOURNAL)

@@ -107,6 +107,19 @@ pub fn wait_for_card(reader: &Reader, card: &CardProcess) {
     }
 }
 
+/// Runs the `imprint` binary with `args` to the end.
+pub fn imprint(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_imprint"))
+        .args(args)
+        .output()
+        .expect("imprint")
+}
+
+/// A process's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 // ---------------------------------------------------------------- the card process
 
 /// An `imprint-card` child, killed when dropped.

@@ -8,12 +8,11 @@ use imprint_apdu::host::{
     TransportError, UnitCredentials, personalize,
 };
 use imprint_apdu::keymem::memory::MemoryKeyMemory;
-use imprint_central::CentralAuthority;
 use zeroize::Zeroizing;
 
 use super::*;
 use crate::journal::{IssuanceStatus, SqliteJournal};
-use crate::roles::{self, Manufacturer, Personalizer};
+use crate::roles::{self, Manufacturer};
 use crate::tan_prompt::{TanEntry, choose_tan_entry};
 
 /// A feature list as a CCID PIN-pad reader answers it with pcsc-lite:
@@ -275,27 +274,12 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manufacturer =
-        Manufacturer::init(&dir.path().join("manufacturer"), "Test manufacturer", 20)
-            .expect("manufacturer");
-    let central =
-        CentralAuthority::init(&dir.path().join("central"), "Test central", 20).expect("central");
-    let unit_dir = dir.path().join("personalizer");
-    let csr = Personalizer::init(&unit_dir, "Test unit").expect("unit");
-    let by_manufacturer = manufacturer
-        .certify_personalizer(&csr, 10)
-        .expect("certify");
-    let by_central = central.certify_personalizer(&csr, 5).expect("certify");
-    Personalizer::install(
-        &unit_dir,
-        manufacturer.root(),
-        &by_manufacturer,
-        &central.cert,
-        &by_central,
-        10,
-    )
-    .expect("install");
-    let unit = Personalizer::open(&unit_dir).expect("open unit");
+    let roles::Roles {
+        manufacturer,
+        unit_dir,
+        unit,
+        ..
+    } = roles::create_all(dir.path(), "Test").expect("roles");
     let journal = SqliteJournal::open(&roles::journal_path(&unit_dir)).expect("journal");
     Fixture {
         _dir: dir,
