@@ -289,3 +289,49 @@ fn the_module_keeps_the_answer_only_in_volatile_memory_and_gives_it_only_inside_
     assert_eq!(hand_over(&mut module, &[]), 0x9000);
     assert!(!module.transport_mut().applet().holds_identification());
 }
+
+#[test]
+fn an_identification_unit_issued_for_another_module_is_refused() {
+    let pki = Pki::new();
+    let mut module = manufactured_module(&pki);
+    let serial = module_serial(&mut module);
+    let mut journal = RecordingJournal::default();
+    let for_another = journal.issue_idunit_for(1, "00000000000000ff");
+    let err = personalize_with_identification(
+        &mut module,
+        &mut journal,
+        &pki.unit,
+        options(),
+        Some(&mut ram_idunit(&for_another)),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(refused(&err), IdentificationRefusal::OtherModule { bound, serial: s, .. }
+            if bound == "00000000000000ff" && *s == serial),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("vouches for module 00000000000000ff only"),
+        "{err}"
+    );
+    assert_refused_cleanly(&mut module, &journal);
+    assert!(!journal.idvalue(1).used, "the value stays open at the unit");
+
+    // One issued for this module vouches for it.
+    let for_this = journal.issue_idunit_for(1, &serial);
+    personalize_with_identification(
+        &mut module,
+        &mut journal,
+        &pki.unit,
+        options(),
+        Some(&mut ram_idunit(&for_this)),
+    )
+    .expect("the id unit issued for this module");
+    assert_eq!(journal.entries.len(), 1);
+}
+
+/// The module's serial, as SELECT reports it.
+fn module_serial(module: &mut Module) -> String {
+    let status = imprint_apdu::host::status::read_status(module).expect("status");
+    imprint_apdu::pki::serial_hex(&status.info.serial.expect("a manufactured module"))
+}

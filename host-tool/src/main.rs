@@ -633,6 +633,10 @@ enum IdUnitCommand {
         /// How many one-off identification values.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
         values: u32,
+        /// Issue it for this module serial (16 hex digits): it then vouches
+        /// for that module only. Without: for any module of this unit.
+        #[arg(long, value_name = "SERIAL")]
+        module: Option<String>,
     },
     /// List the registered identification units: id, values open and used.
     List {
@@ -648,24 +652,36 @@ fn run_idunit(command: IdUnitCommand) -> anyhow::Result<()> {
             personalizer,
             dir,
             values,
+            module,
         } => {
+            let serial = module.as_deref().map(parse_serial).transpose()?;
             open_unit(&personalizer)?;
             if dir.join("idunit.tlv").exists() {
                 bail!("{} already holds an identification unit", dir.display());
             }
             let mut journal = SqliteJournal::open(&roles::journal_path(&personalizer))?;
-            let record = journal.register_idunit(values)?;
+            let record = journal.register_idunit(values, serial.as_deref())?;
             FileIdStore::create(&dir, &record).with_context(|| {
                 format!("creating the identification unit in {}", dir.display())
             })?;
             out!("identification unit: {}", id_hex(&record.id));
             out!("values:              {}", record.values.len());
+            out!(
+                "vouches for:         {}",
+                serial.as_deref().unwrap_or("any module of this unit")
+            );
             out!("directory:           {}", dir.display());
         }
         IdUnitCommand::List { personalizer } => {
             let journal = SqliteJournal::open(&roles::journal_path(&personalizer))?;
-            for (id, open, used) in journal.idunits()? {
-                out!("{id}  open {open}  used {used}");
+            for unit in journal.idunits()? {
+                out!(
+                    "{}  open {}  used {}  module {}",
+                    unit.id,
+                    unit.open,
+                    unit.used,
+                    unit.serial.as_deref().unwrap_or("any")
+                );
             }
         }
     }

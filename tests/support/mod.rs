@@ -12,8 +12,8 @@ pub mod pcscd;
 use imprint_apdu::applet::Applet;
 use imprint_apdu::channel::{Digest48, tan_verifier};
 use imprint_apdu::host::identification::{
-    IdUnitLink, IdValueRow, IdentificationCheck, InProcessIdUnit, judge as judge_identification,
-    value_verifier,
+    IdUnitLink, IdUnitRegistration, IdValueRow, IdentificationCheck, InProcessIdUnit,
+    judge as judge_identification, value_verifier,
 };
 use imprint_apdu::host::manufacture::{ManufactureReport, manufacture};
 use imprint_apdu::host::personalize::unix_now;
@@ -285,8 +285,10 @@ pub struct RecordingJournal {
     pub serial_failures: std::collections::HashMap<String, u32>,
     /// The unit salt, once created.
     pub tan_salt: Option<[u8; TAN_SALT_LEN]>,
-    /// Registered identification units: id → `K_id` (claims 16–18).
-    pub idunits: std::collections::HashMap<[u8; idunit::ID_LEN], [u8; idunit::KEY_LEN]>,
+    /// Registered identification units: id → `K_id` and the module serial
+    /// it was issued for, if any (claims 16–18).
+    pub idunits:
+        std::collections::HashMap<[u8; idunit::ID_LEN], ([u8; idunit::KEY_LEN], Option<String>)>,
     /// Identification value verifiers, with the id unit each was issued to.
     pub idvalues: Vec<([u8; idunit::ID_LEN], IdValueRow)>,
 }
@@ -337,14 +339,22 @@ impl RecordingJournal {
     /// and registers it (key, value verifiers), as `imprint idunit issue` does.
     pub fn issue_idunit(&mut self, values: usize) -> IdUnitRecord {
         let record = random_idunit(values);
-        self.register_idunit(&record);
+        self.register_idunit(&record, None);
         record
     }
 
-    /// Registers `record`'s key and value verifiers.
-    pub fn register_idunit(&mut self, record: &IdUnitRecord) {
+    /// [`Self::issue_idunit`] for the module `serial` only.
+    pub fn issue_idunit_for(&mut self, values: usize, serial: &str) -> IdUnitRecord {
+        let record = random_idunit(values);
+        self.register_idunit(&record, Some(serial));
+        record
+    }
+
+    /// Registers `record`'s key (bound to `serial`, if given) and value verifiers.
+    pub fn register_idunit(&mut self, record: &IdUnitRecord, serial: Option<&str>) {
         let salt = self.salt();
-        self.idunits.insert(record.id, *record.key);
+        self.idunits
+            .insert(record.id, (*record.key, serial.map(str::to_owned)));
         for value in &record.values {
             let id = self.idvalues.len() as i64 + 1;
             self.idvalues.push((
@@ -459,6 +469,7 @@ impl IssuanceJournal for RecordingJournal {
 
     fn check_identification(
         &mut self,
+        serial: &str,
         challenge: &[u8; idunit::CHALLENGE_LEN],
         answer: &IdentificationAnswer,
     ) -> Result<IdentificationCheck, JournalError> {
@@ -469,10 +480,18 @@ impl IssuanceJournal for RecordingJournal {
             .filter(|(unit, _)| *unit == answer.id)
             .map(|(_, row)| row.clone())
             .collect();
+        let registration = self
+            .idunits
+            .get(&answer.id)
+            .map(|(key, bound)| IdUnitRegistration {
+                key,
+                serial: bound.as_deref(),
+            });
         Ok(judge_identification(
             challenge,
+            serial,
             answer,
-            self.idunits.get(&answer.id),
+            registration,
             &salt,
             &rows,
         ))

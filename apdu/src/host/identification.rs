@@ -39,6 +39,17 @@ pub enum IdentificationRefusal {
          challenge (forged, or replayed from another personalization)"
     )]
     NotAuthentic(String),
+    /// The id unit was issued for another module (`imprint idunit issue
+    /// --module SERIAL`): it vouches for that module only.
+    #[error("the identification unit {unit} vouches for module {bound} only, not for {serial}")]
+    OtherModule {
+        /// The id unit.
+        unit: String,
+        /// The module it was issued for.
+        bound: String,
+        /// The module being personalized.
+        serial: String,
+    },
     /// The value was not issued to this id unit.
     #[error("the identification value was not issued to identification unit {0}")]
     UnknownValue(String),
@@ -84,24 +95,48 @@ pub fn id_hex(id: &[u8; ID_LEN]) -> String {
     id.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// An id unit as the unit registered it.
+#[derive(Debug, Clone, Copy)]
+pub struct IdUnitRegistration<'a> {
+    /// Its key `K_id`.
+    pub key: &'a [u8; KEY_LEN],
+    /// The module serial it was issued for, if bound to one.
+    pub serial: Option<&'a str>,
+}
+
 /// The policy: is `answer` the id unit's authentic answer to `challenge`,
-/// with an open value issued to it? `key` is the registered `K_id` of
-/// `answer.id` (`None`: not registered); `values` are that id unit's rows.
-/// The MAC is compared in constant time; every row's verifier is compared
-/// whatever matched before.
+/// vouching for the module `serial`, with an open value issued to it?
+/// `registration` is that of `answer.id` (`None`: not registered); `values`
+/// are that id unit's rows. The MAC is compared in constant time; every
+/// row's verifier is compared whatever matched before.
 pub fn judge(
     challenge: &[u8; CHALLENGE_LEN],
+    serial: &str,
     answer: &IdentificationAnswer,
-    key: Option<&[u8; KEY_LEN]>,
+    registration: Option<IdUnitRegistration<'_>>,
     salt: &[u8; 32],
     values: &[IdValueRow],
 ) -> IdentificationCheck {
     let unit = id_hex(&answer.id);
-    let Some(key) = key else {
+    let Some(registration) = registration else {
         return IdentificationCheck::Refused(IdentificationRefusal::UnknownUnit(unit));
     };
-    if !identification_mac_matches(key, challenge, &answer.id, &answer.value, &answer.mac) {
+    let mac_matches = identification_mac_matches(
+        registration.key,
+        challenge,
+        &answer.id,
+        &answer.value,
+        &answer.mac,
+    );
+    if !mac_matches {
         return IdentificationCheck::Refused(IdentificationRefusal::NotAuthentic(unit));
+    }
+    if let Some(bound) = registration.serial.filter(|bound| *bound != serial) {
+        return IdentificationCheck::Refused(IdentificationRefusal::OtherModule {
+            unit,
+            bound: bound.to_owned(),
+            serial: serial.to_owned(),
+        });
     }
     let verifier = value_verifier(salt, &answer.value);
     let mut matched = None;

@@ -197,14 +197,16 @@ pub trait IssuanceJournal {
         Ok(TanCheck::Refused(TanRefusal::Wrong))
     }
 
-    /// Judges an identification unit's answer to `challenge` with
-    /// [`super::identification::judge`]. A journal with no id units knows none.
+    /// Judges an identification unit's answer to `challenge`, for the
+    /// module `serial`, with [`super::identification::judge`]. A journal with
+    /// no id units knows none.
     fn check_identification(
         &mut self,
+        serial: &str,
         challenge: &[u8; len::CHALLENGE],
         answer: &IdentificationAnswer,
     ) -> Result<IdentificationCheck, JournalError> {
-        let _ = challenge;
+        let _ = (serial, challenge);
         Ok(IdentificationCheck::Refused(
             IdentificationRefusal::UnknownUnit(super::identification::id_hex(&answer.id)),
         ))
@@ -430,6 +432,8 @@ pub enum Action {
     /// ([`IssuanceJournal::check_identification`]), then call
     /// [`Personalization::identification_checked`].
     CheckIdentification {
+        /// The module serial (authenticated by the handshake).
+        serial: String,
         /// The unit's challenge.
         challenge: [u8; len::CHALLENGE],
         /// The id unit's answer, as the module forwarded it.
@@ -776,6 +780,7 @@ impl<'u> Personalization<'u> {
                 let challenge = self.id_challenge.ok_or(PersonalizeError::OutOfOrder)?;
                 let answer = self.id_answer.clone().ok_or(PersonalizeError::OutOfOrder)?;
                 Action::CheckIdentification {
+                    serial: self.serial.clone().ok_or(PersonalizeError::OutOfOrder)?,
                     challenge,
                     answer: Box::new(answer),
                 }
@@ -1473,8 +1478,12 @@ fn drive<T: Transport>(
                 }
                 flow.identification_handed()?;
             }
-            Action::CheckIdentification { challenge, answer } => {
-                let check = journal.check_identification(&challenge, &answer)?;
+            Action::CheckIdentification {
+                serial,
+                challenge,
+                answer,
+            } => {
+                let check = journal.check_identification(&serial, &challenge, &answer)?;
                 flow.identification_checked(check)?;
             }
             Action::SwitchToDirect => {

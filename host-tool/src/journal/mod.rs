@@ -38,8 +38,8 @@ use std::path::{Path, PathBuf};
 
 use imprint_apdu::channel::{Digest48, tan_verifier};
 use imprint_apdu::host::identification::{
-    IdValueRow, IdentificationCheck, IdentificationRefusal, id_hex, judge as judge_identification,
-    value_verifier,
+    IdUnitRegistration, IdValueRow, IdentificationCheck, IdentificationRefusal, id_hex,
+    judge as judge_identification, value_verifier,
 };
 use imprint_apdu::host::personalize::unix_now;
 use imprint_apdu::host::tan::{
@@ -159,6 +159,9 @@ const MIGRATIONS: &[&str] = &[
     // when a relayed run moved onto one after the handshake (NULL: the run
     // stayed on the relay).
     "ALTER TABLE relay_presentations ADD COLUMN direct_peer TEXT;",
+    // Version 7, claims 16-18: an identification unit may be issued for one
+    // module serial (NULL: it vouches for any module of this unit).
+    "ALTER TABLE idunit ADD COLUMN serial TEXT;",
 ];
 
 /// The schema version this tool writes.
@@ -419,7 +422,11 @@ impl SqliteJournal {
     /// the OS random generator, and registers it in one transaction (the key
     /// and each value's verifier). Returns the record for the id unit's store:
     /// the only place the values exist afterwards.
-    pub fn register_idunit(&mut self, values: u32) -> Result<IdUnitRecord, HostError> {
+    pub fn register_idunit(
+        &mut self,
+        values: u32,
+        serial: Option<&str>,
+    ) -> Result<IdUnitRecord, HostError> {
         let count = usize::try_from(values).unwrap_or(usize::MAX);
         if count == 0 || count > idunit::MAX_VALUES {
             return Err(HostError::IdUnitValueCount {
@@ -447,8 +454,8 @@ impl SqliteJournal {
                 "cannot begin registering an identification unit",
             ))?;
         tx.execute(
-            "INSERT INTO idunit (id, key, registered_at) VALUES (?1, ?2, ?3)",
-            params![&record.id[..], &record.key[..], now],
+            "INSERT INTO idunit (id, key, registered_at, serial) VALUES (?1, ?2, ?3, ?4)",
+            params![&record.id[..], &record.key[..], now, serial],
         )
         .map_err(sqlite(&path, "cannot register the identification unit"))?;
         for value in &record.values {
@@ -471,22 +478,22 @@ impl SqliteJournal {
     /// so there is nothing to guess that a failure counter would protect).
     pub fn check_identification_answer(
         &mut self,
+        serial: &str,
         challenge: &[u8; idunit::CHALLENGE_LEN],
         answer: &IdentificationAnswer,
     ) -> Result<IdentificationCheck, HostError> {
         let salt = self.tan_salt()?;
         let path = &self.path;
-        let key: Option<Zeroizing<Vec<u8>>> = self
+        let registered: Option<(Zeroizing<Vec<u8>>, Option<String>)> = self
             .conn
             .query_row(
-                "SELECT key FROM idunit WHERE id = ?1",
+                "SELECT key, serial FROM idunit WHERE id = ?1",
                 [&answer.id[..]],
-                |row| row.get(0),
+                |row| Ok((Zeroizing::new(row.get(0)?), row.get(1)?)),
             )
             .optional()
-            .map_err(sqlite(path, "cannot read the identification unit"))?
-            .map(Zeroizing::new);
-        let Some(key) = key else {
+            .map_err(sqlite(path, "cannot read the identification unit"))?;
+        let Some((key, bound)) = registered else {
             return Ok(IdentificationCheck::Refused(
                 IdentificationRefusal::UnknownUnit(id_hex(&answer.id)),
             ));
@@ -528,20 +535,25 @@ impl SqliteJournal {
         }
         Ok(judge_identification(
             challenge,
+            serial,
             answer,
-            Some(&key),
+            Some(IdUnitRegistration {
+                key: &key,
+                serial: bound.as_deref(),
+            }),
             &salt,
             &values,
         ))
     }
 
-    /// Registered id units: identifier (hex), values left, values used.
-    pub fn idunits(&self) -> Result<Vec<(String, u32, u32)>, HostError> {
+    /// Registered id units: identifier (hex), the module serial it is bound
+    /// to, values left, values used.
+    pub fn idunits(&self) -> Result<Vec<IdUnitInfo>, HostError> {
         let path = &self.path;
         let mut statement = self
             .conn
             .prepare(
-                "SELECT u.id,
+                "SELECT u.id, u.serial,
                         (SELECT count(*) FROM idvalue v WHERE v.idunit = u.id AND v.used_at IS NULL),
                         (SELECT count(*) FROM idvalue v WHERE v.idunit = u.id AND v.used_at IS NOT NULL)
                  FROM idunit u ORDER BY u.registered_at, u.id",
@@ -549,20 +561,17 @@ impl SqliteJournal {
             .map_err(sqlite(path, "cannot list identification units"))?;
         let rows = statement
             .query_map([], |row| {
-                Ok((
-                    row.get::<_, Vec<u8>>(0)?,
-                    row.get::<_, u32>(1)?,
-                    row.get::<_, u32>(2)?,
-                ))
+                let id: Vec<u8> = row.get(0)?;
+                Ok(IdUnitInfo {
+                    id: id.iter().map(|byte| format!("{byte:02x}")).collect(),
+                    serial: row.get(1)?,
+                    open: row.get(2)?,
+                    used: row.get(3)?,
+                })
             })
             .map_err(sqlite(path, "cannot list identification units"))?;
-        let mut units = Vec::new();
-        for row in rows {
-            let (id, open, used) = row.map_err(sqlite(path, "cannot list identification units"))?;
-            let hex = id.iter().map(|byte| format!("{byte:02x}")).collect();
-            units.push((hex, open, used));
-        }
-        Ok(units)
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(path, "cannot list identification units"))
     }
 
     /// The unit-wide TAN salt, created from the OS random generator the first
@@ -916,12 +925,26 @@ impl IssuanceJournal for SqliteJournal {
 
     fn check_identification(
         &mut self,
+        serial: &str,
         challenge: &[u8; idunit::CHALLENGE_LEN],
         answer: &IdentificationAnswer,
     ) -> Result<IdentificationCheck, JournalError> {
-        self.check_identification_answer(challenge, answer)
+        self.check_identification_answer(serial, challenge, answer)
             .map_err(boxed)
     }
+}
+
+/// A registered identification unit, as `imprint idunit list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdUnitInfo {
+    /// Its identifier, hex.
+    pub id: String,
+    /// The module serial it vouches for; `None`: any module of this unit.
+    pub serial: Option<String>,
+    /// Values not used yet.
+    pub open: u32,
+    /// Values used.
+    pub used: u32,
 }
 
 /// A TAN's public facts, as `imprint tan list` shows them.

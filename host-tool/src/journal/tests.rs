@@ -314,7 +314,7 @@ fn identification_values_are_checked_and_consumed_with_the_record() {
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut journal = SqliteJournal::open(&tmp.path().join("journal.sqlite")).expect("open");
-    let record = journal.register_idunit(2).expect("register");
+    let record = journal.register_idunit(2, None).expect("register");
     let answer_to = |record: &IdUnitRecord, challenge: &[u8; 32]| {
         let mut link = IdUnitLink::new(InProcessIdUnit::new(
             IdUnit::new(MemoryIdStore::new(record.clone())).expect("id unit"),
@@ -328,12 +328,12 @@ fn identification_values_are_checked_and_consumed_with_the_record() {
     // Bound to the challenge.
     assert!(matches!(
         journal
-            .check_identification_answer(&[0x43; 32], &answer)
+            .check_identification_answer(SERIAL, &[0x43; 32], &answer)
             .expect("check"),
         IdentificationCheck::Refused(IdentificationRefusal::NotAuthentic(_))
     ));
     let IdentificationCheck::Accepted(value) = journal
-        .check_identification_answer(&challenge, &answer)
+        .check_identification_answer(SERIAL, &challenge, &answer)
         .expect("check")
     else {
         panic!("a fresh value is accepted");
@@ -343,7 +343,7 @@ fn identification_values_are_checked_and_consumed_with_the_record() {
     journal.record(&entry).expect("record consumes the value");
     assert!(matches!(
         journal
-            .check_identification_answer(&challenge, &answer)
+            .check_identification_answer(SERIAL, &challenge, &answer)
             .expect("check"),
         IdentificationCheck::Refused(IdentificationRefusal::Used(id)) if id == value
     ));
@@ -361,12 +361,40 @@ fn identification_values_are_checked_and_consumed_with_the_record() {
     foreign.id = [0xAB; 16];
     assert!(matches!(
         journal
-            .check_identification_answer(&challenge, &answer_to(&foreign, &challenge))
+            .check_identification_answer(SERIAL, &challenge, &answer_to(&foreign, &challenge))
             .expect("check"),
         IdentificationCheck::Refused(IdentificationRefusal::UnknownUnit(_))
     ));
     assert_eq!(
         journal.idunits().expect("list"),
-        vec![(id_hex(&record.id), 1, 1)]
+        vec![IdUnitInfo {
+            id: id_hex(&record.id),
+            serial: None,
+            open: 1,
+            used: 1,
+        }]
+    );
+
+    // An id unit issued for one module vouches for that module only.
+    let bound = journal
+        .register_idunit(1, Some(SERIAL))
+        .expect("register bound");
+    let answer = answer_to(&bound, &challenge);
+    assert!(matches!(
+        journal
+            .check_identification_answer("0000000000000000", &challenge, &answer)
+            .expect("check"),
+        IdentificationCheck::Refused(IdentificationRefusal::OtherModule { bound, .. })
+            if bound == SERIAL
+    ));
+    assert!(matches!(
+        journal
+            .check_identification_answer(SERIAL, &challenge, &answer)
+            .expect("check"),
+        IdentificationCheck::Accepted(_)
+    ));
+    assert_eq!(
+        journal.idunits().expect("list")[1].serial.as_deref(),
+        Some(SERIAL)
     );
 }
