@@ -192,7 +192,7 @@ fn a_version_1_journal_migrates_and_keeps_its_rows_as_local() {
     }
     let journal = SqliteJournal::open(&path).expect("migrates");
     assert_eq!(journal.schema_version().expect("version"), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 6);
+    assert_eq!(SCHEMA_VERSION, 7);
     let entries = journal.entries().expect("entries");
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].origin, None);
