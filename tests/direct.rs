@@ -2,7 +2,7 @@
 //! the channel, the module holds it for its runtime, and the run moves onto
 //! the direct path after the handshake. The network side (the unit's
 //! service, the relay, the module runtime dialing out) is tested in
-//! `host-tool/tests/direct.rs`; here the two paths are two ends of one
+//! `host-tool/tests/relay.rs`; here the two paths are two ends of one
 //! in-process transport, so every byte on each is visible.
 
 use imprint_apdu::Lifecycle;

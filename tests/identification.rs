@@ -311,7 +311,8 @@ fn an_identification_unit_issued_for_another_module_is_refused() {
         "{err}"
     );
     assert!(
-        err.to_string().contains("vouches for module 00000000000000ff only"),
+        err.to_string()
+            .contains("vouches for module 00000000000000ff only"),
         "{err}"
     );
     assert_refused_cleanly(&mut module, &journal);

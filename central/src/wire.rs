@@ -248,9 +248,13 @@ pub enum Frame {
     /// Module → unit, the first frame of a direct connection (claim 15):
     /// the ticket the unit handed the module inside the channel.
     Direct(DirectTicket),
-    /// Unit → relay: the module opened its direct connection; the relay
-    /// forwards nothing more and waits for the result (claim 15).
-    HandedOver,
+    /// Unit → relay: the module accepted a direct connection; the relay
+    /// forwards nothing more and waits for the result (claim 15), at most
+    /// this long.
+    HandedOver {
+        /// Seconds the relay may have to wait for PERSONALIZED or ERROR.
+        wait_seconds: u32,
+    },
     /// Central → host: the conversation failed; the connection closes.
     Error {
         /// Category.
@@ -261,9 +265,17 @@ pub enum Frame {
 }
 
 /// A direct-connection ticket on the wire. A bearer secret until the unit
-/// has used it: never printed, wiped when dropped.
-#[derive(Clone, PartialEq, Eq)]
+/// has used it: never printed, compared in constant time, wiped when dropped.
+#[derive(Clone)]
 pub struct DirectTicket(pub [u8; DIRECT_TICKET_LEN]);
+
+impl PartialEq for DirectTicket {
+    fn eq(&self, other: &Self) -> bool {
+        subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]).into()
+    }
+}
+
+impl Eq for DirectTicket {}
 
 impl std::fmt::Debug for DirectTicket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -328,7 +340,7 @@ impl Frame {
             Self::RelayAuth { .. } => "RELAY AUTH",
             Self::Personalized { .. } => "PERSONALIZED",
             Self::Direct(_) => "DIRECT",
-            Self::HandedOver => "HANDED OVER",
+            Self::HandedOver { .. } => "HANDED OVER",
         }
     }
 
@@ -396,7 +408,10 @@ impl Frame {
                 out.push(kind::DIRECT);
                 out.extend_from_slice(&ticket.0);
             }
-            Self::HandedOver => out.push(kind::HANDED_OVER),
+            Self::HandedOver { wait_seconds } => {
+                out.push(kind::HANDED_OVER);
+                out.extend_from_slice(&wait_seconds.to_be_bytes());
+            }
             Self::Error { code, reason } => {
                 out.push(kind::ERROR);
                 out.extend_from_slice(&code.code().to_be_bytes());
@@ -518,7 +533,12 @@ impl Frame {
             kind::DIRECT => Ok(Self::Direct(DirectTicket(
                 body.try_into().map_err(|_| FrameError::BadBody("DIRECT"))?,
             ))),
-            kind::HANDED_OVER => empty(Self::HandedOver, "HANDED OVER"),
+            kind::HANDED_OVER => Ok(Self::HandedOver {
+                wait_seconds: u32::from_be_bytes(
+                    body.try_into()
+                        .map_err(|_| FrameError::BadBody("HANDED OVER"))?,
+                ),
+            }),
             kind::ERROR => {
                 let (code, reason) = body
                     .split_first_chunk::<2>()

@@ -1251,7 +1251,7 @@ fn run_personalizer(command: PersonalizerCommand) -> anyhow::Result<()> {
                         "--direct offers the bound address, and {bound} is no address a module can dial: give --direct-address HOST:PORT"
                     );
                 }
-                server.set_direct_address(Some(bound.to_string()));
+                server.set_direct_address(Some(bound.to_string()))?;
             }
             out!("personalizer listening on {bound}");
             server.run(Arc::new(|log: &remote::ConnectionLog| {

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
+use imprint_apdu::direct::DirectConnection;
 use imprint_apdu::host::manufacture::manufacture;
+use imprint_apdu::host::personalize::OpenChannel;
 use imprint_apdu::host::transport::{Transport, TransportError};
 use imprint_apdu::host::{
     CardLink, InProcessTransport, PersonalizationOptions, UnitCredentials, personalize,
@@ -17,6 +19,7 @@ use imprint_apdu::host::{
 use imprint_apdu::iso::CLA_SM;
 use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::pki::verify_issued_by;
+use imprint_apdu::proto::len;
 use imprint_apdu::proto::{Lifecycle, ins};
 use imprint_central::client;
 use imprint_central::wire::{self, ErrorCode, Frame, Purpose};
@@ -837,19 +840,30 @@ fn a_silent_relay_times_out_and_a_full_unit_answers_busy() {
 impl World {
     /// A service that offers modules a direct connection to itself.
     fn serve_direct(&self, timeout: Duration) -> (SocketAddr, Receiver<ConnectionLog>) {
+        self.serve_direct_with(timeout, 4)
+    }
+
+    /// [`Self::serve_direct`] serving at most `max_connections` at once.
+    fn serve_direct_with(
+        &self,
+        timeout: Duration,
+        max_connections: usize,
+    ) -> (SocketAddr, Receiver<ConnectionLog>) {
         let mut server = Server::bind(
             "127.0.0.1:0",
             ServeConfig {
                 unit_dir: self.unit_dir.clone(),
                 registered_relays_only: true,
-                max_connections: 4,
+                max_connections,
                 timeout,
                 direct_address: None,
             },
         )
         .expect("bind");
         let address = server.local_addr().expect("address");
-        server.set_direct_address(Some(address.to_string()));
+        server
+            .set_direct_address(Some(address.to_string()))
+            .expect("a direct address");
         spawn(server)
     }
 
@@ -875,7 +889,9 @@ impl World {
 fn claim15_relay_connections_only_set_up_a_direct_connection_between_module_and_unit() {
     let mut world = World::new();
     let key = world.relay_key("phone-1", true);
-    let (address, logs) = world.serve_direct(Duration::from_secs(10));
+    // One connection at a time: the module's own connection still gets in,
+    // on the slot its waiting run holds for it.
+    let (address, logs) = world.serve_direct_with(Duration::from_secs(10), 1);
     let (module_dir, serial) = world.module();
     let networked = world.networked(&module_dir);
 
@@ -1016,11 +1032,16 @@ fn a_relay_that_resets_the_module_after_the_hand_over_only_stops_the_run() {
         .expect_err("the channel died with the reset");
     assert!(matches!(err, RemoteError::Refused { .. }), "{err:?}");
     let runs = networked.finish_direct_runs();
+    assert_eq!(runs.len(), 1, "the module dialed");
+    assert!(runs[0].is_err(), "the module's side failed too: {runs:?}");
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    let reason = log.result.expect_err("failed");
     assert!(
-        runs.iter().all(Result::is_err),
-        "the module's side failed too"
+        reason.contains("the channel that offered this direct connection is closed"),
+        "the module's runtime ended the direct connection with the channel: {reason}"
     );
-    world.assert_failed_with_nothing_issued(&logs, &serial);
+    let entries = world.journal().entries_for(&serial).expect("entries");
+    assert!(entries.is_empty(), "nothing issued: {entries:?}");
     assert!(networked.with_applet(|applet| applet.records().module_cert.is_none()));
     assert_eq!(
         networked.with_applet(|applet| applet.lifecycle()),
@@ -1047,4 +1068,108 @@ fn a_forged_direct_ticket_is_refused() {
     }
     let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
     assert!(log.result.is_err());
+}
+
+/// A unit endpoint played by the test: accepts the module's direct
+/// connection and checks the ticket.
+fn accept_direct(listener: &std::net::TcpListener, offer: &DirectConnection) -> TcpStream {
+    let (mut stream, _) = listener.accept().expect("the module dials");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    match wire::read_frame(&mut stream).expect("DIRECT") {
+        Frame::Direct(ticket) => assert!(ticket.0 == *offer.ticket, "the offered ticket"),
+        other => panic!("unexpected {other:?}"),
+    }
+    stream
+}
+
+/// Sends `header` over the direct connection; the module's runtime must end
+/// it with ERROR `reason` and close.
+fn assert_direct_refuses(stream: &mut TcpStream, header: [u8; 4], reason: &str) {
+    wire::write_frame(
+        stream,
+        &Frame::Command {
+            header,
+            data: vec![0x5A; 48],
+        },
+    )
+    .expect("send");
+    match wire::read_frame(stream).expect("an answer") {
+        Frame::Error { code, reason: got } => {
+            assert_eq!(code, ErrorCode::Refused);
+            assert!(got.contains(reason), "{got}");
+        }
+        other => panic!("the module answered {other:?}"),
+    }
+    assert!(
+        wire::read_frame(stream).is_err(),
+        "and closed the connection"
+    );
+}
+
+#[test]
+fn a_direct_connection_carries_only_the_offering_channels_sealed_commands() {
+    let mut world = World::new();
+    let (module_dir, _serial) = world.module();
+    let networked = world.networked(&module_dir);
+    let mut local = CardLink::new(networked.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let offer = |listener: &std::net::TcpListener| {
+        let mut ticket = [0u8; len::DIRECT_TICKET];
+        getrandom::fill(&mut ticket).expect("random");
+        DirectConnection {
+            address: listener.local_addr().expect("address").to_string(),
+            ticket: zeroize::Zeroizing::new(ticket),
+        }
+    };
+    let header = [CLA_SM, ins::PUT_DATA_OBJECT, 0xDF, 0x2B];
+
+    // A plain command on the direct path (COMPUTE DIGITAL SIGNATURE, or a
+    // VERIFY that would spend PIN tries) never reaches the applet.
+    let first = offer(&listener);
+    let mut channel = OpenChannel::open(&mut local, &world.unit).expect("channel");
+    let (_, status) = channel
+        .send(&mut local, header, &first.encode())
+        .expect("offer");
+    assert_eq!(status, 0x9000);
+    let mut stream = accept_direct(&listener, &first);
+    assert_direct_refuses(
+        &mut stream,
+        [0x00, 0x2A, 0x9E, 0x9A],
+        "only the offering channel's sealed commands",
+    );
+
+    // Once the offering channel is gone, not even a sealed command passes.
+    let second = offer(&listener);
+    let mut channel = OpenChannel::open(&mut local, &world.unit).expect("channel");
+    channel
+        .send(&mut local, header, &second.encode())
+        .expect("offer");
+    let mut stream = accept_direct(&listener, &second);
+    networked.with_applet(|applet| applet.reset());
+    assert_direct_refuses(
+        &mut stream,
+        [CLA_SM, ins::GENERATE_KEY, 0x80, 0x02],
+        "is closed",
+    );
+
+    let runs = networked.finish_direct_runs();
+    assert_eq!(runs.len(), 2);
+    assert!(matches!(
+        runs[0],
+        Err(RemoteError::DirectPath(
+            remote::DirectPathRefusal::NotSealed
+        ))
+    ));
+    assert!(matches!(
+        runs[1],
+        Err(RemoteError::DirectPath(
+            remote::DirectPathRefusal::ChannelClosed
+        ))
+    ));
+    assert_eq!(
+        networked.with_applet(|applet| applet.lifecycle()),
+        Lifecycle::Personalization
+    );
 }

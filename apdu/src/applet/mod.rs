@@ -65,6 +65,10 @@ pub struct Applet<K: KeyMemory> {
     /// A direct connection the unit offered in the channel, until the
     /// runtime takes it (volatile).
     direct: Option<DirectConnection>,
+    /// Personalization channels established since power-up: the current
+    /// one's number tells a direct connection whether the channel that
+    /// offered it is still the one open.
+    channels: u64,
     session: Session,
     chain: Option<Chain>,
     pending: Vec<u8>,
@@ -116,6 +120,8 @@ struct Established {
     generated: Option<PublicKey>,
     /// The unit already offered a direct connection in this channel.
     direct_offered: bool,
+    /// Its number among the channels since power-up.
+    number: u64,
 }
 
 struct Chain {
@@ -182,6 +188,7 @@ impl<K: KeyMemory> Applet<K> {
             identification: None,
             direct_capable: false,
             direct: None,
+            channels: 0,
             session: Session::None,
             chain: None,
             pending: Vec::new(),
@@ -230,6 +237,17 @@ impl<K: KeyMemory> Applet<K> {
     /// commands from it to [`Applet::process`].
     pub fn take_direct_connection(&mut self) -> Option<DirectConnection> {
         self.direct.take()
+    }
+
+    /// The number of the personalization channel established now, if one
+    /// is. A runtime serving a direct connection checks it before every
+    /// command: the connection belongs to the channel that offered it, and
+    /// ends with it.
+    pub fn personalization_channel(&self) -> Option<u64> {
+        match &self.session {
+            Session::Established(session) => Some(session.number),
+            _ => None,
+        }
     }
 
     /// A card reset or power cycle: drops the channel, chains, pending
@@ -602,10 +620,12 @@ impl<K: KeyMemory> Applet<K> {
         match p2 {
             proto::AUTH_STEP_OPEN => {
                 self.session = Session::None;
+                self.direct = None;
                 self.open_channel(data)
             }
             proto::AUTH_STEP_OPERATING_OPEN => {
                 self.session = Session::None;
+                self.direct = None;
                 self.open_operating(data)
             }
             proto::AUTH_STEP_CONFIRM => {
@@ -713,6 +733,7 @@ impl<K: KeyMemory> Applet<K> {
             unit_cert,
             nonce,
         } = opening;
+        self.channels = self.channels.wrapping_add(1);
         self.session = Session::Established(Box::new(Established {
             sm: keys.into_secure_messaging(),
             th,
@@ -720,6 +741,7 @@ impl<K: KeyMemory> Applet<K> {
             nonce,
             generated: None,
             direct_offered: false,
+            number: self.channels,
         }));
         Ok(Vec::new())
     }

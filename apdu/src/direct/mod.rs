@@ -25,7 +25,7 @@ use crate::tlv::{self, TlvError};
 
 /// A direct connection the unit offered: where to connect, and the ticket
 /// that ties the new connection to the waiting personalization.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct DirectConnection {
     /// The unit's address, `host:port` (UTF-8, 1 to 255 bytes).
     pub address: String,
@@ -81,6 +81,17 @@ impl DirectConnection {
         })
     }
 }
+
+/// The ticket is a bearer secret: compared in constant time.
+impl PartialEq for DirectConnection {
+    fn eq(&self, other: &Self) -> bool {
+        let tickets_equal: bool =
+            subtle::ConstantTimeEq::ct_eq(&self.ticket[..], &other.ticket[..]).into();
+        tickets_equal & (self.address == other.address)
+    }
+}
+
+impl Eq for DirectConnection {}
 
 /// The ticket is a bearer secret: never printed.
 impl core::fmt::Debug for DirectConnection {

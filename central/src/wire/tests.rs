@@ -51,7 +51,7 @@ fn samples() -> Vec<Frame> {
             certificate: vec![0x30, 0x82, 0x01],
         },
         Frame::Direct(DirectTicket([0x5A; DIRECT_TICKET_LEN])),
-        Frame::HandedOver,
+        Frame::HandedOver { wait_seconds: 95 },
         Frame::Error {
             code: ErrorCode::Refused,
             reason: "module revoked".into(),
@@ -128,6 +128,10 @@ fn malformed_bodies_get_precise_errors() {
     );
     assert_eq!(
         Frame::decode_payload(&[0x0E, 0]),
+        Err(FrameError::BadBody("HANDED OVER"))
+    );
+    assert_eq!(
+        Frame::decode_payload(&[0x0E]),
         Err(FrameError::BadBody("HANDED OVER"))
     );
     assert_eq!(

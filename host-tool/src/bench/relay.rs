@@ -292,7 +292,7 @@ impl Rig {
         let (unit_address, unit_logs) = serve(Server::bind("127.0.0.1:0", config.clone())?)?;
         let mut offering = Server::bind("127.0.0.1:0", config)?;
         let offered = offering.local_addr()?;
-        offering.set_direct_address(Some(offered.to_string()));
+        offering.set_direct_address(Some(offered.to_string()))?;
         let (direct_address, direct_logs) = serve(offering)?;
         Ok(Self {
             dir,

@@ -25,6 +25,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -34,7 +35,7 @@ use imprint_apdu::idunit::IdUnit;
 use imprint_apdu::idunit::file::FileIdStore;
 use imprint_apdu::keymem::file::FileKeyMemory;
 use imprint_apdu::vpcd::{self, CardApplet, Event, ServeOptions, ServeOutcome, VirtualCard};
-use imprint_host::remote::NetworkedModule;
+use imprint_host::remote::{DirectRun, NetworkedModule, RemoteError};
 
 /// The exit status when `--fail-after-apdus` fires.
 const FAIL_INJECTED_EXIT: u8 = 86;
@@ -109,7 +110,19 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .ok_or_else(|| anyhow!("--module DIR or --idunit DIR is required"))?;
     let applet = open_applet(dir)?;
     if cli.direct {
-        let module = NetworkedModule::new(applet, Duration::from_secs(cli.direct_timeout));
+        let quiet = cli.quiet;
+        // Each direct connection is reported as it ends: the card may run
+        // for months.
+        let report = move |outcome: &Result<DirectRun, RemoteError>| match outcome {
+            Ok(run) if !quiet => eprintln!(
+                "imprint-card: direct connection to {}: {} commands, journal {} at the unit",
+                run.address, run.commands, run.journal_id
+            ),
+            Ok(_) => {}
+            Err(err) => eprintln!("imprint-card: direct connection failed: {err}"),
+        };
+        let module = NetworkedModule::new(applet, Duration::from_secs(cli.direct_timeout))
+            .with_reporter(Arc::new(report));
         let what = module.with_applet(|applet| {
             format!(
                 "module {} ({}, direct connections)",
@@ -118,18 +131,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             )
         });
         let code = serve(cli, VirtualCard::new(module.clone()), &what);
-        for run in module.finish_direct_runs() {
-            match run {
-                Ok(run) => log(
-                    cli,
-                    &format!(
-                        "direct connection to {}: {} commands, journal {} at the unit",
-                        run.address, run.commands, run.journal_id
-                    ),
-                ),
-                Err(err) => eprintln!("imprint-card: direct connection failed: {err}"),
-            }
-        }
+        // A connection still running finishes (within its own deadline).
+        module.finish_direct_runs();
         return code;
     }
     let what = format!("module {} ({})", dir.display(), applet.lifecycle());

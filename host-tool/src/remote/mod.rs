@@ -31,7 +31,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
+
 use std::time::Duration;
 
 use imprint_apdu::host::personalize::SelectInfo;
@@ -63,13 +63,34 @@ pub mod direct;
 #[cfg(test)]
 mod tests;
 
-pub use direct::{DirectRun, DirectTickets, NetworkedModule, TicketRefusal};
+pub use direct::{
+    DirectPathRefusal, DirectRun, DirectRunReporter, DirectTickets, IssuedTicket, NetworkedModule,
+    TicketRefusal,
+};
 
 /// The relay's private key file in its directory.
 pub const RELAY_KEY: &str = "relay.key";
 
 /// The relay's public key file in its directory, for the unit's operator.
 pub const RELAY_PUBLIC_KEY: &str = "relay.pub.pem";
+
+/// What a relay waits after HANDED OVER, in multiples of the unit's
+/// timeout: the module's connection, then the commands still to come.
+const HANDED_OVER_TIMEOUTS: u32 = 4;
+
+/// Checks a direct address: 1 to 255 bytes (the offer's limit), `HOST:PORT`
+/// with a non-empty host and a port from 1 to 65535.
+pub(crate) fn check_direct_address(address: &str) -> Result<(), RemoteError> {
+    let bad = || RemoteError::BadDirectAddress(address.to_owned());
+    if address.is_empty() || address.len() > imprint_apdu::proto::len::DIRECT_ADDRESS_MAX {
+        return Err(bad());
+    }
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 && !host.is_empty() => Ok(()),
+        _ => Err(bad()),
+    }
+}
 
 /// Default time either side waits for the other.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -139,6 +160,12 @@ pub enum RemoteError {
     /// A DIRECT frame whose ticket no run waits for.
     #[error(transparent)]
     Ticket(#[from] TicketRefusal),
+    /// The module's runtime ended its direct connection (claim 15).
+    #[error(transparent)]
+    DirectPath(#[from] direct::DirectPathRefusal),
+    /// `--direct-address` is no address a module could dial.
+    #[error("the direct address {0:?} is not HOST:PORT (1 to 255 bytes, a port from 1 to 65535)")]
+    BadDirectAddress(String),
     /// A module's direct connection ended without a result (its thread stopped).
     #[error("the module's direct connection ended without a result")]
     DirectRunLost,
@@ -160,7 +187,8 @@ impl RemoteError {
             | Self::RelaySignature
             | Self::UnregisteredRelay(_)
             | Self::SerialMismatch
-            | Self::Ticket(_) => ErrorCode::Refused,
+            | Self::Ticket(_)
+            | Self::DirectPath(_) => ErrorCode::Refused,
             Self::Personalize(PersonalizeError::Transport(TransportError::Io(err)))
                 if is_timeout(err) =>
             {
@@ -273,6 +301,9 @@ impl Server {
     /// Opens the unit in `config.unit_dir` and its journal (migrating it), and
     /// binds `address` (port 0: any free port).
     pub fn bind(address: &str, config: ServeConfig) -> Result<Self, RemoteError> {
+        if let Some(direct) = &config.direct_address {
+            check_direct_address(direct)?;
+        }
         let unit = Personalizer::open(&config.unit_dir)?;
         // Open once now so a broken journal fails at start, not per connection.
         SqliteJournal::open(&roles::journal_path(&config.unit_dir))?;
@@ -302,8 +333,12 @@ impl Server {
     /// Offers modules a direct connection to `address` (claim 15), or no
     /// longer does (`None`). For a service bound to port 0, whose address is
     /// known only now.
-    pub fn set_direct_address(&mut self, address: Option<String>) {
+    pub fn set_direct_address(&mut self, address: Option<String>) -> Result<(), RemoteError> {
+        if let Some(address) = &address {
+            check_direct_address(address)?;
+        }
         self.config.direct_address = address;
+        Ok(())
     }
 
     /// Serves connections forever, one thread each (the personalization flow
@@ -315,7 +350,10 @@ impl Server {
                 continue;
             };
             let previous = self.active.fetch_add(1, Ordering::SeqCst);
-            if previous >= self.config.max_connections {
+            // Each run waiting for its module's direct connection holds a
+            // slot for that connection too, or a full service would refuse
+            // the very connection its runs wait for.
+            if previous >= self.config.max_connections + self.tickets.waiting() {
                 self.active.fetch_sub(1, Ordering::SeqCst);
                 let _ = stream.set_write_timeout(Some(self.config.timeout));
                 let _ = write_frame(
@@ -494,7 +532,7 @@ fn run_connection(
     let mut variation = vec![0u8; 32];
     getrandom::fill(&mut variation).map_err(|_| RemoteError::Random)?;
     let ticket = match &config.direct_address {
-        Some(address) => Some(tickets.issue(address, config.timeout)?),
+        Some(address) => Some(tickets.issue(address)?),
         None => None,
     };
     let options = PersonalizationOptions {
@@ -504,7 +542,7 @@ fn run_connection(
     };
     let mut transport = FrameTransport::new(stream, serial);
     if let Some(ticket) = &ticket {
-        transport = transport.with_direct_arrival(&ticket.arrival, config.timeout);
+        transport = transport.with_direct_ticket(ticket, config.timeout);
     }
     let mut link = CardLink::new(transport);
     let mut presenting = PresentingJournal {
@@ -514,12 +552,15 @@ fn run_connection(
     let result = personalize(&mut link, &mut presenting, unit, options);
     let transport = link.into_transport();
     let serial_mismatch = transport.serial_mismatch;
+    let direct_peer = transport.direct_peer;
     *direct = transport.direct;
     // A ticket the module never used is withdrawn here, whatever happened.
     drop(ticket);
-    if let Some(peer) = direct.as_ref().and_then(|stream| stream.peer_addr().ok()) {
-        journal.set_presentation_direct_peer(presentation, &peer.to_string())?;
-    }
+    log.direct_peer = direct_peer;
+    // Noted before the outcome, but its failure does not stop the outcome.
+    let noted = direct_peer
+        .map(|peer| journal.set_presentation_direct_peer(presentation, &peer.to_string()))
+        .transpose();
     let result = match result {
         Err(_) if serial_mismatch => Err(RemoteError::SerialMismatch),
         other => other.map_err(RemoteError::from),
@@ -527,20 +568,27 @@ fn run_connection(
     match result {
         Ok(report) => {
             journal.finish_presentation(presentation, "installed")?;
+            noted?;
             let done = Frame::Personalized {
                 journal_id: u64::try_from(report.journal_id).unwrap_or_default(),
                 certificate: report.certificate.der().to_vec(),
             };
             // The module's runtime learns the result on its own connection;
-            // the relay (and its user) on theirs.
+            // the relay (and its user) on theirs. Installed is installed:
+            // a peer gone by now changes nothing the journal says.
             if let Some(direct) = direct.as_mut() {
                 let _ = write_frame(direct, &done);
             }
-            write_frame(stream, &done)?;
+            if direct.is_some() {
+                let _ = write_frame(stream, &done);
+            } else {
+                write_frame(stream, &done)?;
+            }
             Ok(report.journal_id)
         }
         Err(err) => {
             journal.finish_presentation(presentation, &format!("failed: {err}"))?;
+            noted?;
             Err(err)
         }
     }
@@ -584,8 +632,9 @@ pub struct FrameTransport<'a> {
     expected_serial: [u8; pki::SERIAL_LEN],
     exchanges: u32,
     serial_mismatch: bool,
-    arrival: Option<(&'a Receiver<TcpStream>, Duration)>,
+    ticket: Option<(&'a IssuedTicket<'a>, Duration)>,
     direct: Option<TcpStream>,
+    direct_peer: Option<SocketAddr>,
 }
 
 impl<'a> FrameTransport<'a> {
@@ -596,19 +645,16 @@ impl<'a> FrameTransport<'a> {
             expected_serial: serial,
             exchanges: 0,
             serial_mismatch: false,
-            arrival: None,
+            ticket: None,
             direct: None,
+            direct_peer: None,
         }
     }
 
-    /// Lets the run move onto the module's direct connection, which arrives
-    /// on `arrival` within `timeout` of the switch.
-    pub fn with_direct_arrival(
-        mut self,
-        arrival: &'a Receiver<TcpStream>,
-        timeout: Duration,
-    ) -> Self {
-        self.arrival = Some((arrival, timeout));
+    /// Lets the run move onto the module's direct connection, which must
+    /// present `ticket` within `timeout` of the switch.
+    pub fn with_direct_ticket(mut self, ticket: &'a IssuedTicket<'a>, timeout: Duration) -> Self {
+        self.ticket = Some((ticket, timeout));
         self
     }
 
@@ -646,6 +692,14 @@ impl Transport for FrameTransport<'_> {
         .map_err(wire_to_transport)?;
         let (data, status) = match read_frame(self.path()).map_err(wire_to_transport)? {
             Frame::Response { data, sw } => (data, sw),
+            // The relay, or the module's runtime on its direct connection,
+            // gave up and said why.
+            Frame::Error { code, reason } => {
+                return Err(TransportError::Io(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!("the module's side ended the connection ({code}): {reason}"),
+                )));
+            }
             other => {
                 return Err(TransportError::Io(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -673,17 +727,26 @@ impl Transport for FrameTransport<'_> {
     }
 
     fn switch_to_direct(&mut self) -> Result<(), TransportError> {
-        let (arrival, timeout) = self
-            .arrival
+        let (ticket, timeout) = self
+            .ticket
             .take()
             .ok_or(TransportError::DirectUnsupported)?;
         // From here the relay forwards nothing: it holds the module (so the
-        // card is not reset) and waits for the result.
-        write_frame(self.stream, &Frame::HandedOver).map_err(wire_to_transport)?;
-        let direct = arrival
-            .recv_timeout(timeout)
-            .map_err(|_| TransportError::DirectNotOpened(timeout))?;
+        // card is not reset) and waits for the result, as long as the unit
+        // may take: the module's connection, then every command's deadline.
+        let wait_seconds = u32::try_from(
+            timeout
+                .saturating_mul(HANDED_OVER_TIMEOUTS)
+                .as_secs()
+                .saturating_add(1),
+        )
+        .unwrap_or(u32::MAX);
+        write_frame(self.stream, &Frame::HandedOver { wait_seconds }).map_err(wire_to_transport)?;
+        let direct = ticket
+            .wait(timeout)
+            .ok_or(TransportError::DirectNotOpened(timeout))?;
         configure(&direct, timeout).map_err(wire_to_transport)?;
+        self.direct_peer = direct.peer_addr().ok();
         self.direct = Some(direct);
         Ok(())
     }
@@ -775,10 +838,14 @@ pub fn relay_personalization<T: Transport>(
     authenticate_relay(stream, key, &serial)?;
     let mut outcome = client::relay(link, stream);
     let commands = link.command_count() - before;
-    let handed_over = matches!(outcome, Ok(Frame::HandedOver));
-    if handed_over {
+    let handed_over = matches!(outcome, Ok(Frame::HandedOver { .. }));
+    if let Ok(Frame::HandedOver { wait_seconds }) = outcome {
         // Claim 15: the module talks to the unit directly now. The relay
-        // keeps the module connected, untouched, until the unit reports.
+        // keeps the module connected, untouched, until the unit reports,
+        // for as long as the unit said it may take.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(u64::from(wait_seconds.max(1)))))
+            .map_err(WireError::Io)?;
         outcome = read_frame(stream).map_err(ClientError::from);
         if let Ok(Frame::Error { code, reason }) = outcome {
             outcome = Err(ClientError::Central { code, reason });

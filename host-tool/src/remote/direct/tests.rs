@@ -17,9 +17,7 @@ fn wire(offer: &DirectConnection) -> DirectTicket {
 #[test]
 fn a_ticket_is_redeemed_once_and_delivers_the_connection() {
     let tickets = DirectTickets::default();
-    let issued = tickets
-        .issue("127.0.0.1:1", Duration::from_secs(30))
-        .expect("issue");
+    let issued = tickets.issue("127.0.0.1:1").expect("issue");
     assert_eq!(issued.offer.address, "127.0.0.1:1");
     assert_eq!(tickets.waiting(), 1);
     let (_module, unit_end) = pair();
@@ -27,7 +25,7 @@ fn a_ticket_is_redeemed_once_and_delivers_the_connection() {
     tickets
         .redeem(&wire(&issued.offer), unit_end)
         .expect("redeem");
-    let delivered = issued.arrival.try_recv().expect("delivered");
+    let delivered = issued.wait(Duration::from_secs(1)).expect("delivered");
     assert_eq!(delivered.peer_addr().expect("peer"), peer);
     assert_eq!(tickets.waiting(), 0, "used up");
     let (_again, unit_end) = pair();
@@ -41,9 +39,7 @@ fn a_ticket_is_redeemed_once_and_delivers_the_connection() {
 #[test]
 fn a_wrong_secret_is_refused_without_cancelling_the_run() {
     let tickets = DirectTickets::default();
-    let issued = tickets
-        .issue("127.0.0.1:1", Duration::from_secs(30))
-        .expect("issue");
+    let issued = tickets.issue("127.0.0.1:1").expect("issue");
     let mut forged = *issued.offer.ticket;
     forged[len::DIRECT_TICKET - 1] ^= 1;
     let (_module, unit_end) = pair();
@@ -59,36 +55,34 @@ fn a_wrong_secret_is_refused_without_cancelling_the_run() {
 }
 
 #[test]
-fn expired_unknown_and_withdrawn_tickets_are_refused() {
+fn a_run_that_stops_waiting_withdraws_its_ticket_and_keeps_a_late_arrival() {
     let tickets = DirectTickets::default();
-    let expired = tickets.issue("h:1", Duration::ZERO).expect("issue");
-    std::thread::sleep(Duration::from_millis(5));
-    let (_module, unit_end) = pair();
-    assert_eq!(
-        tickets.redeem(&wire(&expired.offer), unit_end),
-        Err(TicketRefusal::Unknown)
-    );
-    assert_eq!(tickets.waiting(), 0, "an expired ticket is gone once tried");
-
-    let (_module, unit_end) = pair();
-    assert_eq!(
-        tickets.redeem(&DirectTicket([7; len::DIRECT_TICKET]), unit_end),
-        Err(TicketRefusal::Unknown)
-    );
-
-    let withdrawn = tickets
-        .issue("h:1", Duration::from_secs(30))
-        .expect("issue");
-    let offer = withdrawn.offer.clone();
-    drop(withdrawn);
-    assert_eq!(
-        tickets.waiting(),
-        0,
-        "dropping the run's ticket withdraws it"
-    );
+    // Nothing arrives: the wait ends, and the ticket with it.
+    let issued = tickets.issue("h:1").expect("issue");
+    let offer = issued.offer.clone();
+    assert!(issued.wait(Duration::from_millis(10)).is_none());
+    assert_eq!(tickets.waiting(), 0, "withdrawn when the run stops waiting");
     let (_module, unit_end) = pair();
     assert_eq!(
         tickets.redeem(&wire(&offer), unit_end),
+        Err(TicketRefusal::Unknown)
+    );
+
+    // Dropped without waiting: withdrawn too.
+    let dropped = tickets.issue("h:1").expect("issue");
+    let offer = dropped.offer.clone();
+    drop(dropped);
+    assert_eq!(tickets.waiting(), 0);
+    let (_module, unit_end) = pair();
+    assert_eq!(
+        tickets.redeem(&wire(&offer), unit_end),
+        Err(TicketRefusal::Unknown)
+    );
+
+    // Unknown altogether.
+    let (_module, unit_end) = pair();
+    assert_eq!(
+        tickets.redeem(&DirectTicket([7; len::DIRECT_TICKET]), unit_end),
         Err(TicketRefusal::Unknown)
     );
 }
@@ -96,12 +90,34 @@ fn expired_unknown_and_withdrawn_tickets_are_refused() {
 #[test]
 fn tickets_are_fresh() {
     let tickets = DirectTickets::default();
-    let first = tickets
-        .issue("h:1", Duration::from_secs(30))
-        .expect("issue");
-    let second = tickets
-        .issue("h:1", Duration::from_secs(30))
-        .expect("issue");
+    let first = tickets.issue("h:1").expect("issue");
+    let second = tickets.issue("h:1").expect("issue");
     assert_ne!(*first.offer.ticket, *second.offer.ticket);
     assert_eq!(tickets.waiting(), 2);
+}
+
+#[test]
+fn direct_addresses_are_checked_before_any_run() {
+    for good in ["127.0.0.1:7444", "unit.example:1", "[::1]:65535"] {
+        assert!(check_direct_address(good).is_ok(), "{good}");
+    }
+    let long = format!("{}:1", "a".repeat(254));
+    for bad in [
+        "",
+        "host",
+        "host:",
+        ":7444",
+        "host:0",
+        "host:65536",
+        "host:x",
+        &long,
+    ] {
+        assert!(
+            matches!(
+                check_direct_address(bad),
+                Err(RemoteError::BadDirectAddress(_))
+            ),
+            "{bad}"
+        );
+    }
 }
