@@ -46,3 +46,34 @@ pub fn issued(serial: &str, nonce: u8) -> IssuedCertificate {
         identification: None,
     }
 }
+
+/// The three roles in a temporary directory, and the unit's journal.
+pub struct UnitFixture {
+    /// Removed when dropped; keep it until the end.
+    pub dir: tempfile::TempDir,
+    /// The manufacturer, to manufacture modules.
+    pub manufacturer: crate::roles::Manufacturer,
+    /// The unit.
+    pub unit: imprint_apdu::host::UnitCredentials,
+    /// The unit's journal.
+    pub journal: crate::journal::SqliteJournal,
+}
+
+/// A fresh [`UnitFixture`].
+pub fn unit_fixture() -> UnitFixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crate::roles::Roles {
+        manufacturer,
+        unit_dir,
+        unit,
+        ..
+    } = crate::roles::create_all(dir.path(), "Test").expect("roles");
+    let journal = crate::journal::SqliteJournal::open(&crate::roles::journal_path(&unit_dir))
+        .expect("journal");
+    UnitFixture {
+        dir,
+        manufacturer,
+        unit,
+        journal,
+    }
+}

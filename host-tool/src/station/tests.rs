@@ -8,7 +8,7 @@ use imprint_apdu::keymem::memory::MemoryKeyMemory;
 
 use super::*;
 use crate::journal::{IssuanceStatus, SqliteJournal};
-use crate::roles::{self, Manufacturer};
+use crate::roles::Manufacturer;
 
 /// The roles of a test station, in a temporary directory.
 struct Fixture {
@@ -19,14 +19,12 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let roles::Roles {
+    let crate::testutil::UnitFixture {
+        dir,
         manufacturer,
-        unit_dir,
         unit,
-        ..
-    } = roles::create_all(dir.path(), "Test").expect("roles");
-    let journal = SqliteJournal::open(&roles::journal_path(&unit_dir)).expect("journal");
+        journal,
+    } = crate::testutil::unit_fixture();
     Fixture {
         _dir: dir,
         manufacturer,

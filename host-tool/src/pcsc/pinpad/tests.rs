@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::*;
 use crate::journal::{IssuanceStatus, SqliteJournal};
-use crate::roles::{self, Manufacturer};
+use crate::roles::Manufacturer;
 use crate::tan_prompt::{TanEntry, choose_tan_entry};
 
 /// A feature list as a CCID PIN-pad reader answers it with pcsc-lite:
@@ -273,14 +273,12 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let roles::Roles {
+    let crate::testutil::UnitFixture {
+        dir,
         manufacturer,
-        unit_dir,
         unit,
-        ..
-    } = roles::create_all(dir.path(), "Test").expect("roles");
-    let journal = SqliteJournal::open(&roles::journal_path(&unit_dir)).expect("journal");
+        journal,
+    } = crate::testutil::unit_fixture();
     Fixture {
         _dir: dir,
         manufacturer,
