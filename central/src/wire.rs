@@ -245,6 +245,16 @@ pub enum Frame {
         /// The module certificate (DER), as journaled.
         certificate: Vec<u8>,
     },
+    /// Unit → relay: have the user enter the TAN at the relay, the module's
+    /// input unit (claim 13), and send it to the module locally as the
+    /// VERIFY `header` (exactly `digits` digits). The relay answers RESPONSE
+    /// with the module's status word; the TAN never reaches the unit.
+    EnterTan {
+        /// CLA INS P1 P2 of the VERIFY.
+        header: [u8; 4],
+        /// How many digits the TAN has.
+        digits: u8,
+    },
     /// Module → unit, the first frame of a direct connection (claim 15):
     /// the ticket the unit handed the module inside the channel.
     Direct(DirectTicket),
@@ -321,6 +331,7 @@ mod kind {
     pub const PERSONALIZED: u8 = 0x0C;
     pub const DIRECT: u8 = 0x0D;
     pub const HANDED_OVER: u8 = 0x0E;
+    pub const ENTER_TAN: u8 = 0x0F;
 }
 
 impl Frame {
@@ -339,6 +350,7 @@ impl Frame {
             Self::RelayChallenge { .. } => "RELAY CHALLENGE",
             Self::RelayAuth { .. } => "RELAY AUTH",
             Self::Personalized { .. } => "PERSONALIZED",
+            Self::EnterTan { .. } => "ENTER TAN",
             Self::Direct(_) => "DIRECT",
             Self::HandedOver { .. } => "HANDED OVER",
         }
@@ -403,6 +415,11 @@ impl Frame {
                 out.push(kind::PERSONALIZED);
                 out.extend_from_slice(&journal_id.to_be_bytes());
                 out.extend_from_slice(certificate);
+            }
+            Self::EnterTan { header, digits } => {
+                out.push(kind::ENTER_TAN);
+                out.extend_from_slice(header);
+                out.push(*digits);
             }
             Self::Direct(ticket) => {
                 out.push(kind::DIRECT);
@@ -528,6 +545,15 @@ impl Frame {
                 Ok(Self::Personalized {
                     journal_id: u64::from_be_bytes(*id),
                     certificate: certificate.to_vec(),
+                })
+            }
+            kind::ENTER_TAN => {
+                let [a, b, c, d, digits]: [u8; 5] = body
+                    .try_into()
+                    .map_err(|_| FrameError::BadBody("ENTER TAN"))?;
+                Ok(Self::EnterTan {
+                    header: [a, b, c, d],
+                    digits,
                 })
             }
             kind::DIRECT => Ok(Self::Direct(DirectTicket(

@@ -506,6 +506,11 @@ enum PersonalizerCommand {
         /// (for a loopback or single-address host, and for --listen …:0).
         #[arg(long)]
         direct: bool,
+        /// Claim 13 over a relay: personalize only after the user entered a
+        /// TAN issued by this unit (`imprint tan issue`) at the relay, which
+        /// sends it to the module locally (`imprint relay --tan`).
+        #[arg(long)]
+        require_tan: bool,
     },
     /// The relays this unit knows (claim 14).
     #[command(subcommand)]
@@ -556,6 +561,14 @@ struct RelayArgs {
     /// finishes the personalization over its own connection to the unit.
     #[arg(long, requires = "module")]
     direct: bool,
+    /// Claim 13: when the unit asks for a TAN, read it here without echo (one
+    /// line from stdin when not a terminal) and send it to the module
+    /// locally; it never crosses to the unit.
+    #[arg(long, conflicts_with = "tan_file")]
+    tan: bool,
+    /// Like --tan, with the TAN read from FILE (one trailing newline ignored).
+    #[arg(long, value_name = "FILE")]
+    tan_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -1230,8 +1243,10 @@ fn run_personalizer(command: PersonalizerCommand) -> anyhow::Result<()> {
             timeout,
             direct_address,
             direct,
+            require_tan,
         } => {
             let config = remote::ServeConfig {
+                require_tan,
                 unit_dir: personalizer.clone(),
                 registered_relays_only,
                 max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
@@ -1370,9 +1385,20 @@ fn run_relay(args: RelayArgs) -> anyhow::Result<()> {
         print_certificate("module certificate: ", &report.certificate);
         anyhow::Ok(())
     };
+    // Asked for only when the unit asks (ENTER TAN): the prompt waits till then.
+    let tan_file = args.tan_file.clone();
+    let has_tan = args.tan || tan_file.is_some();
+    let mut read_tan_here = move || {
+        read_tan(tan_file.as_deref(), true)
+            .map_err(|err| remote::RemoteError::TanUnreadable(format!("{err:#}")))?
+            .ok_or(remote::RemoteError::TanNotGiven)
+    };
     if !args.direct {
         let mut link = target.open(false, ConnectOptions::exclusive())?;
-        return relay(&mut |stream| remote::relay_personalization(&mut link, stream, &key));
+        return relay(&mut |stream| {
+            let tan: Option<remote::TanSource<'_>> = has_tan.then_some(&mut read_tan_here);
+            remote::relay_personalization_with_tan(&mut link, stream, &key, tan)
+        });
     }
     let Target::Module(dir) = &target else {
         bail!(remote::RemoteError::DirectNeedsModule);
@@ -1380,7 +1406,10 @@ fn run_relay(args: RelayArgs) -> anyhow::Result<()> {
     let applet = module::open(dir, false)?.into_transport().into_applet();
     let networked = remote::NetworkedModule::new(applet, timeout);
     let mut link = CardLink::new(networked.clone());
-    let relayed = relay(&mut |stream| remote::relay_personalization(&mut link, stream, &key));
+    let relayed = relay(&mut |stream| {
+        let tan: Option<remote::TanSource<'_>> = has_tan.then_some(&mut read_tan_here);
+        remote::relay_personalization_with_tan(&mut link, stream, &key, tan)
+    });
     // The module's own side of the story: what its direct connection did.
     for run in networked.finish_direct_runs() {
         match run {

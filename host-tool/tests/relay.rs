@@ -105,6 +105,19 @@ impl World {
         self.serve_with(registered_relays_only, 4, Duration::from_secs(10))
     }
 
+    /// The service's configuration in these tests: registered relays only,
+    /// 4 connections, 10 s, no direct connections, no TAN.
+    fn config(&self) -> ServeConfig {
+        ServeConfig {
+            unit_dir: self.unit_dir.clone(),
+            registered_relays_only: true,
+            max_connections: 4,
+            timeout: Duration::from_secs(10),
+            direct_address: None,
+            require_tan: false,
+        }
+    }
+
     fn serve_with(
         &self,
         registered_relays_only: bool,
@@ -114,11 +127,10 @@ impl World {
         let server = Server::bind(
             "127.0.0.1:0",
             ServeConfig {
-                unit_dir: self.unit_dir.clone(),
                 registered_relays_only,
                 max_connections,
                 timeout,
-                direct_address: None,
+                ..self.config()
             },
         )
         .expect("bind");
@@ -852,11 +864,9 @@ impl World {
         let mut server = Server::bind(
             "127.0.0.1:0",
             ServeConfig {
-                unit_dir: self.unit_dir.clone(),
-                registered_relays_only: true,
                 max_connections,
                 timeout,
-                direct_address: None,
+                ..self.config()
             },
         )
         .expect("bind");
@@ -1172,4 +1182,138 @@ fn a_direct_connection_carries_only_the_offering_channels_sealed_commands() {
         networked.with_applet(|applet| applet.lifecycle()),
         Lifecycle::Personalization
     );
+}
+
+// ---------------------------------------------------------------------------
+// Claim 13 over the relay: the TAN is entered at the relay, the module's
+// input unit, and never crosses to the unit.
+
+impl World {
+    /// A service that requires a TAN, and one TAN issued for `serial`.
+    fn serve_requiring_tan(&self, serial: &str) -> (SocketAddr, Receiver<ConnectionLog>, String) {
+        let tans = self
+            .journal()
+            .issue_tans(1, Some(serial), u64::MAX / 4)
+            .expect("a TAN");
+        let tan = tans[0].1.to_string();
+        let server = Server::bind(
+            "127.0.0.1:0",
+            ServeConfig {
+                require_tan: true,
+                ..self.config()
+            },
+        )
+        .expect("bind");
+        let (address, logs) = spawn(server);
+        (address, logs, tan)
+    }
+}
+
+/// Relays the module in `dir` to `address`, the relay's user giving `tan`.
+fn relay_with_tan(
+    dir: &Path,
+    address: SocketAddr,
+    key: &SigningKey,
+    tan: Option<&str>,
+) -> Result<remote::RelayReport, RemoteError> {
+    let mut link = module::open(dir, false).expect("module");
+    let mut stream = connect(address);
+    let mut typed = || {
+        Ok(zeroize::Zeroizing::new(
+            tan.unwrap_or_default().as_bytes().to_vec(),
+        ))
+    };
+    let source: Option<remote::TanSource<'_>> = tan.is_some().then_some(&mut typed);
+    remote::relay_personalization_with_tan(&mut link, &mut stream, key, source)
+}
+
+#[test]
+fn claim13_a_tan_entered_at_the_relay_protects_the_remote_personalization() {
+    let mut world = World::new();
+    let key = world.relay_key("phone-1", true);
+    let (module_dir, serial) = world.module();
+    let (address, logs, tan) = world.serve_requiring_tan(&serial);
+
+    // Without a TAN at the relay: refused, nothing issued.
+    let err = relay_with_tan(&module_dir, address, &key, None).expect_err("no TAN");
+    assert!(matches!(err, RemoteError::TanNotGiven), "{err}");
+    world.assert_failed_with_nothing_issued(&logs, &serial);
+
+    // A wrong TAN: refused by the unit, and counted.
+    let err = relay_with_tan(&module_dir, address, &key, Some("0000000000")).expect_err("wrong");
+    assert!(err.to_string().contains("TAN refused"), "{err}");
+    world.assert_failed_with_nothing_issued(&logs, &serial);
+    assert_eq!(world.journal().tans().expect("tans")[0].failures, 1);
+    assert_eq!(lifecycle(&module_dir), Lifecycle::Personalization);
+
+    // The TAN issued for this module: personalized, the TAN consumed with
+    // the record. The relay sent the VERIFY itself: one more command.
+    let report = relay_with_tan(&module_dir, address, &key, Some(&tan)).expect("personalized");
+    // The relay's SELECT, the unit's SELECT, VERIFY (sent by the relay),
+    // the handshake (2), the TAN proof, GENERATE and PUT DATA.
+    assert_eq!(report.commands, 8);
+    assert_eq!(lifecycle(&module_dir), Lifecycle::Operating);
+    let log = logs.recv_timeout(Duration::from_secs(10)).expect("log");
+    let journal_id = log.result.expect("installed");
+    let tans = world.journal().tans().expect("tans");
+    assert!(tans[0].used_at.is_some(), "consumed");
+    assert_eq!(tans[0].issuance_id, Some(journal_id));
+}
+
+#[test]
+fn a_unit_cannot_make_the_relay_enter_anything_but_the_tan() {
+    let mut world = World::new();
+    let key = world.relay_key("phone-1", false);
+    let (module_dir, _serial) = world.module();
+    // A unit that asks for the user PIN's VERIFY (00 20 00 81) instead.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let unit = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("the relay");
+        assert!(matches!(
+            wire::read_frame(&mut stream).expect("HELLO"),
+            Frame::Hello { .. }
+        ));
+        wire::write_frame(
+            &mut stream,
+            &Frame::RelayChallenge {
+                challenge: [1; wire::RELAY_CHALLENGE_LEN],
+                unit_certificate_hash: [2; 48],
+            },
+        )
+        .expect("challenge");
+        assert!(matches!(
+            wire::read_frame(&mut stream).expect("RELAY AUTH"),
+            Frame::RelayAuth { .. }
+        ));
+        wire::write_frame(
+            &mut stream,
+            &Frame::EnterTan {
+                header: [0x00, ins::VERIFY, 0x00, 0x81],
+                digits: 6,
+            },
+        )
+        .expect("ENTER TAN");
+        wire::read_frame(&mut stream).expect("the relay's answer")
+    });
+    let mut asked = false;
+    let mut typed = || {
+        asked = true;
+        Ok(zeroize::Zeroizing::new(b"123456".to_vec()))
+    };
+    let mut link = module::open(&module_dir, false).expect("module");
+    let mut stream = connect(address);
+    let err =
+        remote::relay_personalization_with_tan(&mut link, &mut stream, &key, Some(&mut typed))
+            .expect_err("refused");
+    drop(link);
+    assert!(matches!(err, RemoteError::NotTanEntry(_)), "{err}");
+    assert!(!asked, "the user was never asked");
+    match unit.join().expect("unit") {
+        Frame::Error { code, reason } => {
+            assert_eq!(code, ErrorCode::Refused);
+            assert!(reason.contains("enters only the TAN"), "{reason}");
+        }
+        other => panic!("the relay answered {other:?}"),
+    }
 }

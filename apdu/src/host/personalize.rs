@@ -341,7 +341,7 @@ pub enum PersonalizeError {
     NoPinPad,
     /// The VERIFY of the TAN through the reader's PIN pad failed: the
     /// reader's own status (`64xx`, `6B80`) or the card's.
-    #[error("TAN entry at the reader's PIN pad failed: {sw:04X} ({meaning})", meaning = pin_pad_status_meaning(*sw))]
+    #[error("TAN entry at the module's input unit (the reader's PIN pad, or the relay) failed: {sw:04X} ({meaning})", meaning = pin_pad_status_meaning(*sw))]
     TanAtPinPad {
         /// SW1-SW2 from the reader or the card.
         sw: u16,

@@ -168,10 +168,10 @@ pub const TAN_DIGITS: u8 = 10;
 /// complete, so the card never saw a VERIFY; anything else is the card's.
 pub fn pin_pad_status_meaning(sw: u16) -> &'static str {
     match sw {
-        0x6400 => "the PIN pad timed out before the TAN was entered",
-        0x6401 => "the user cancelled the entry at the PIN pad",
+        0x6400 => "the entry timed out before the TAN was entered",
+        0x6401 => "the user cancelled the entry",
         0x6402 => "the two entries at the PIN pad differ",
-        0x6403 => "the TAN typed at the PIN pad has the wrong number of digits",
+        0x6403 => "the TAN entered has the wrong number of digits",
         0x6B80 => "the reader refused the PIN entry parameters",
         other => super::status_meaning(other),
     }

@@ -52,6 +52,10 @@ fn samples() -> Vec<Frame> {
         },
         Frame::Direct(DirectTicket([0x5A; DIRECT_TICKET_LEN])),
         Frame::HandedOver { wait_seconds: 95 },
+        Frame::EnterTan {
+            header: [0x00, 0x20, 0x00, 0x82],
+            digits: 10,
+        },
         Frame::Error {
             code: ErrorCode::Refused,
             reason: "module revoked".into(),
@@ -133,6 +137,10 @@ fn malformed_bodies_get_precise_errors() {
     assert_eq!(
         Frame::decode_payload(&[0x0E]),
         Err(FrameError::BadBody("HANDED OVER"))
+    );
+    assert_eq!(
+        Frame::decode_payload(&[0x0F, 0, 0x20, 0, 0x82]),
+        Err(FrameError::BadBody("ENTER TAN"))
     );
     assert_eq!(
         Frame::decode_payload(&[0x7F]),

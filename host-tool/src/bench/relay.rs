@@ -288,6 +288,7 @@ impl Rig {
             max_connections: 4,
             timeout: TIMEOUT,
             direct_address: None,
+            require_tan: false,
         };
         let (unit_address, unit_logs) = serve(Server::bind("127.0.0.1:0", config.clone())?)?;
         let mut offering = Server::bind("127.0.0.1:0", config)?;

@@ -53,6 +53,7 @@ use p384::ecdsa::signature::hazmat::{PrehashVerifier, RandomizedPrehashSigner};
 use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p384::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 use sha2::{Digest, Sha384};
+use zeroize::Zeroizing;
 
 use crate::HostError;
 use crate::journal::SqliteJournal;
@@ -166,6 +167,20 @@ pub enum RemoteError {
     /// `--direct-address` is no address a module could dial.
     #[error("the direct address {0:?} is not HOST:PORT (1 to 255 bytes, a port from 1 to 65535)")]
     BadDirectAddress(String),
+    /// The unit asked for a TAN and the relay has none to enter.
+    #[error(
+        "the personalization unit requires a TAN: run imprint relay with --tan (typed at \
+         the relay) or --tan-file FILE"
+    )]
+    TanNotGiven,
+    /// The relay's user could not give the TAN.
+    #[error("cannot read the TAN at the relay: {0}")]
+    TanUnreadable(String),
+    /// The unit asked the relay to enter something other than the TAN.
+    #[error(
+        "the personalization unit asked the relay to enter data for {0:02X?}; a relay enters only the TAN (VERIFY 00 20 00 82)"
+    )]
+    NotTanEntry([u8; 4]),
     /// A module's direct connection ended without a result (its thread stopped).
     #[error("the module's direct connection ended without a result")]
     DirectRunLost,
@@ -271,6 +286,10 @@ pub struct ServeConfig {
     /// direct connection, once the relay has set up the channel. `None`:
     /// every run stays on its relay.
     pub direct_address: Option<String>,
+    /// Claim 13 over a relay: personalize only after the user entered a TAN
+    /// issued by this unit at the relay (the module's input unit), which
+    /// sends it to the module locally; the module proves it in the channel.
+    pub require_tan: bool,
 }
 
 /// How one connection ended, for the unit's log.
@@ -538,9 +557,14 @@ fn run_connection(
     let options = PersonalizationOptions {
         variation,
         direct: ticket.as_ref().map(|ticket| ticket.offer.clone()),
+        // The TAN is typed at the relay and goes to the module from there:
+        // for the flow, the relay is the module's input unit, like a PIN pad.
+        tan_at_pin_pad: config.require_tan,
+        require_tan: config.require_tan,
         ..PersonalizationOptions::default()
     };
     let mut transport = FrameTransport::new(stream, serial);
+    transport.tan_at_relay = config.require_tan;
     if let Some(ticket) = &ticket {
         transport = transport.with_direct_ticket(ticket, config.timeout);
     }
@@ -617,6 +641,19 @@ impl IssuanceJournal for PresentingJournal<'_> {
     fn mark_failed(&mut self, id: i64, reason: &str) -> Result<(), JournalError> {
         self.journal.mark_failed(id, reason)
     }
+
+    fn tan_salt(&mut self) -> Result<Option<[u8; 32]>, JournalError> {
+        IssuanceJournal::tan_salt(self.journal)
+    }
+
+    fn check_tan(
+        &mut self,
+        serial: &str,
+        th: &imprint_apdu::channel::Digest48,
+        proof: &[u8],
+    ) -> Result<imprint_apdu::host::tan::TanCheck, JournalError> {
+        self.journal.check_tan(serial, th, proof)
+    }
 }
 
 /// The unit's [`Transport`] to a module behind a relay: each command APDU
@@ -635,6 +672,7 @@ pub struct FrameTransport<'a> {
     ticket: Option<(&'a IssuedTicket<'a>, Duration)>,
     direct: Option<TcpStream>,
     direct_peer: Option<SocketAddr>,
+    tan_at_relay: bool,
 }
 
 impl<'a> FrameTransport<'a> {
@@ -648,6 +686,7 @@ impl<'a> FrameTransport<'a> {
             ticket: None,
             direct: None,
             direct_peer: None,
+            tan_at_relay: false,
         }
     }
 
@@ -726,6 +765,38 @@ impl Transport for FrameTransport<'_> {
         Ok(bytes)
     }
 
+    fn has_pin_pad(&mut self) -> Result<bool, TransportError> {
+        Ok(self.tan_at_relay)
+    }
+
+    /// The relay is the module's input unit (claim 13): it has the user
+    /// enter the TAN and sends the VERIFY to the module itself. Only the
+    /// status word comes back.
+    fn verify_at_pin_pad(
+        &mut self,
+        header: [u8; 4],
+        digits: u8,
+    ) -> Result<Vec<u8>, TransportError> {
+        if !self.tan_at_relay {
+            return Err(TransportError::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this unit does not ask relays for TANs",
+            )));
+        }
+        write_frame(self.stream, &Frame::EnterTan { header, digits }).map_err(wire_to_transport)?;
+        match read_frame(self.stream).map_err(wire_to_transport)? {
+            Frame::Response { sw, .. } => Ok(sw.to_be_bytes().to_vec()),
+            Frame::Error { code, reason } => Err(TransportError::Io(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("the relay ended the connection ({code}): {reason}"),
+            ))),
+            other => Err(TransportError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                FrameError::BadBody(other.name()),
+            ))),
+        }
+    }
+
     fn switch_to_direct(&mut self) -> Result<(), TransportError> {
         let (ticket, timeout) = self
             .ticket
@@ -754,6 +825,50 @@ impl Transport for FrameTransport<'_> {
 
 // ---------------------------------------------------------------------------
 // The relay's side.
+
+/// Answers ENTER TAN: the user's TAN to the module as VERIFY, locally; the
+/// module's status word to the unit.
+fn enter_tan<T: Transport>(
+    link: &mut CardLink<T>,
+    stream: &mut TcpStream,
+    header: [u8; 4],
+    digits: u8,
+    tan: &mut Option<TanSource<'_>>,
+) -> Result<(), RemoteError> {
+    let refuse = |stream: &mut TcpStream, err: RemoteError| {
+        let _ = write_frame(
+            stream,
+            &Frame::Error {
+                code: ErrorCode::Refused,
+                reason: err.to_string(),
+            },
+        );
+        err
+    };
+    // Nothing else: the unit must not make the relay send its user's input
+    // anywhere but into the TAN's VERIFY.
+    if header != [0x00, ins::VERIFY, proto::P1_VERIFY, proto::TAN_REF] {
+        return Err(refuse(stream, RemoteError::NotTanEntry(header)));
+    }
+    let Some(source) = tan.as_mut() else {
+        return Err(refuse(stream, RemoteError::TanNotGiven));
+    };
+    let entered = source()?;
+    let sw = if entered.len() == usize::from(digits) {
+        link.send(header, &entered).map_err(ClientError::from)?.sw
+    } else {
+        // What a PIN pad answers to an entry of the wrong length.
+        0x6403
+    };
+    write_frame(
+        stream,
+        &Frame::Response {
+            data: Vec::new(),
+            sw,
+        },
+    )?;
+    Ok(())
+}
 
 /// What a relayed personalization did, as the relay saw it.
 #[derive(Debug, Clone)]
@@ -816,6 +931,10 @@ pub fn authenticate_relay(
     Ok(())
 }
 
+/// Where a relay gets the TAN a unit asks for (claim 13): its user, at the
+/// relay, which is the module's input unit. Wiped when dropped.
+pub type TanSource<'a> = &'a mut dyn FnMut() -> Result<Zeroizing<Vec<u8>>, RemoteError>;
+
 /// Plays the mobile appliance (claim 14): selects the module behind `link`
 /// for its serial, presents it to the unit on `stream` under the relay's
 /// `key`, then forwards the unit's commands and the module's responses until
@@ -825,6 +944,19 @@ pub fn relay_personalization<T: Transport>(
     link: &mut CardLink<T>,
     stream: &mut TcpStream,
     key: &SigningKey,
+) -> Result<RelayReport, RemoteError> {
+    relay_personalization_with_tan(link, stream, key, None)
+}
+
+/// [`relay_personalization`], entering the TAN from `tan` when the unit asks
+/// for one (ENTER TAN): the relay sends it to the module locally as VERIFY
+/// `00 20 00 82` and returns only the status word, so the TAN never crosses
+/// the long-distance connection.
+pub fn relay_personalization_with_tan<T: Transport>(
+    link: &mut CardLink<T>,
+    stream: &mut TcpStream,
+    key: &SigningKey,
+    mut tan: Option<TanSource<'_>>,
 ) -> Result<RelayReport, RemoteError> {
     let before = link.command_count();
     let serial = select_serial(link)?;
@@ -837,6 +969,10 @@ pub fn relay_personalization<T: Transport>(
     )?;
     authenticate_relay(stream, key, &serial)?;
     let mut outcome = client::relay(link, stream);
+    while let Ok(Frame::EnterTan { header, digits }) = outcome {
+        enter_tan(link, stream, header, digits, &mut tan)?;
+        outcome = client::relay(link, stream);
+    }
     let commands = link.command_count() - before;
     let handed_over = matches!(outcome, Ok(Frame::HandedOver { .. }));
     if let Ok(Frame::HandedOver { wait_seconds }) = outcome {
