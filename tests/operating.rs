@@ -445,3 +445,78 @@ fn a_revocation_stops_an_open_session_at_its_next_message() {
     assert_refused(session.transact(b"after"), ErrorCode::Refused, "revoked");
     assert_eq!(server.journal().len(), 1);
 }
+
+/// The application's handler, recording what it was shown.
+struct Recording(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl imprint_central::server::TransactionHandler for Recording {
+    fn handle(
+        &self,
+        _: &imprint_central::server::TransactionContext,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, imprint_central::server::HandlerRefusal> {
+        self.0.lock().expect("seen").push(payload.to_vec());
+        Ok(b"ok".to_vec())
+    }
+}
+
+#[test]
+fn the_application_never_sees_a_message_from_a_module_revoked_mid_session() {
+    use imprint_central::server::{CentralService, ServerLimits, serve};
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    central_dir_for(&pki, dir.path());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let service = std::sync::Arc::new(CentralService::new(
+        imprint_central::CentralAuthority::open(dir.path()).expect("central"),
+        imprint_central::registry::Registry::open(dir.path()).expect("registry"),
+        std::sync::Arc::new(Recording(std::sync::Arc::clone(&seen))),
+        ServerLimits::default(),
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(serve(listener, std::sync::Arc::clone(&service), async {
+        let _ = stopped.await;
+    }));
+
+    let mut link = operating_ram_module(&pki);
+    let serial = imprint_apdu::pki::serial_hex(
+        &imprint_apdu::host::status::read_status(&mut link)
+            .expect("status")
+            .info
+            .serial
+            .expect("serial"),
+    );
+    let mut stream = client::connect(&address, client::DEFAULT_TIMEOUT).expect("connect");
+    client::operate(&mut link, &mut stream).expect("operating channel");
+    let mut stream = client::connect(&address, client::DEFAULT_TIMEOUT).expect("connect");
+    let mut session =
+        client::TransactionClient::open(&mut link, &mut stream, None).expect("session");
+    session.transact(b"before").expect("a transaction");
+
+    // Revoked while the session is open (as `imprint-central revoke` does).
+    service
+        .with_registry(|registry| registry.revoke_module(&serial, display_now()))
+        .expect("revoke");
+    let refused = session.transact(b"after").expect_err("refused");
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+    assert_eq!(
+        *seen.lock().expect("seen"),
+        vec![b"before".to_vec()],
+        "the application saw nothing after the revocation"
+    );
+    let _ = stop.send(());
+    let _ = runtime.block_on(server);
+}
+
+fn display_now() -> u64 {
+    imprint_apdu::host::personalize::unix_now()
+}

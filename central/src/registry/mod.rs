@@ -367,6 +367,26 @@ impl Registry {
         Ok(Self { conn, cipher })
     }
 
+    /// A second, read-only connection to this registry's database for the
+    /// per-message standing check ([`StandingReader::check`]), so that check
+    /// never waits behind the journal writer's commits.
+    pub fn standing_reader(&self) -> Result<StandingReader, RegistryError> {
+        let path = self.conn.path().filter(|path| !path.is_empty()).ok_or(
+            RegistryError::JournalUnavailable("the registry has no database file to read".into()),
+        )?;
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(StandingReader { conn })
+    }
+
+    /// [`StandingReader::check`] on this connection.
+    pub fn module_standing(&self, serial: &str) -> Result<(), RegistryError> {
+        StandingReader::check_on(&self.conn, serial)
+    }
+
     /// The schema version this build writes.
     pub fn schema_version() -> u32 {
         schema::known_version()
@@ -872,6 +892,31 @@ fn module_revoked(conn: &Connection, serial: &str) -> Result<bool, RegistryError
         [serial],
         |row| row.get(0),
     )?)
+}
+
+/// A read-only view of the registry for the check the central system makes
+/// before each transaction message reaches the application.
+pub struct StandingReader {
+    conn: Connection,
+}
+
+impl StandingReader {
+    /// Refuses a module that is revoked, or whose unit's key is: the
+    /// application must never see a message from either.
+    pub fn check(&self, serial: &str) -> Result<(), RegistryError> {
+        Self::check_on(&self.conn, serial)
+    }
+
+    fn check_on(conn: &Connection, serial: &str) -> Result<(), RegistryError> {
+        let serial = serial.to_ascii_lowercase();
+        if module_revoked(conn, &serial)? {
+            return Err(Refusal::ModuleRevoked.into());
+        }
+        if module_unit_revoked(conn, &serial)? {
+            return Err(Refusal::UnitRevoked.into());
+        }
+        Ok(())
+    }
 }
 
 /// Whether the key of the unit module `serial` was last seen with is revoked.

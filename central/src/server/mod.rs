@@ -31,7 +31,9 @@ use crate::operating::{
     ModuleCommand, OperatingError, OperatingHandshake, Receipt, TransactionChallenge,
     on_transaction_confirm,
 };
-use crate::registry::{KeySet, Refusal, Registry, RegistryError, TransactionRecord};
+use crate::registry::{
+    KeySet, Refusal, Registry, RegistryError, StandingReader, TransactionRecord,
+};
 use crate::wire::{ErrorCode, Frame, FrameError, Purpose};
 
 mod run;
@@ -108,6 +110,9 @@ impl TransactionHandler for AcceptAll {
 pub struct CentralService {
     central: CentralAuthority,
     registry: Arc<Mutex<Registry>>,
+    /// The standing check's own connection: `None` when it could not be
+    /// opened, and the check then goes through `registry`.
+    standing: Option<Mutex<StandingReader>>,
     handler: Arc<dyn TransactionHandler>,
     limits: ServerLimits,
     journal: std::sync::mpsc::Sender<JournalRequest>,
@@ -169,6 +174,13 @@ impl CentralService {
         handler: Arc<dyn TransactionHandler>,
         limits: ServerLimits,
     ) -> Self {
+        let standing = match registry.standing_reader() {
+            Ok(reader) => Some(Mutex::new(reader)),
+            Err(err) => {
+                tracing::warn!(%err, "the standing check shares the registry's connection");
+                None
+            }
+        };
         let registry = Arc::new(Mutex::new(registry));
         let (journal, requests) = std::sync::mpsc::channel();
         let writer_registry = Arc::clone(&registry);
@@ -181,10 +193,23 @@ impl CentralService {
         Self {
             central,
             registry,
+            standing,
             handler,
             limits,
             journal,
         }
+    }
+
+    /// Whether module `serial` (and its unit) is still in good standing,
+    /// read afresh: checked before every message reaches the application.
+    fn check_standing(&self, serial: &str) -> Result<(), RegistryError> {
+        tokio::task::block_in_place(|| match &self.standing {
+            Some(reader) => reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .check(serial),
+            None => self.with_registry(|registry| registry.module_standing(serial)),
+        })
     }
 
     /// Journals one transaction through the group-commit writer.
@@ -491,6 +516,9 @@ async fn transact(
             session_counter: claim.session_counter,
             sequence: u32::try_from(sequence).map_err(|_| OperatingError::BadMessage)?,
         };
+        // A revocation since the last message stops the session here, before
+        // the application sees the message (the journal checks again).
+        service.check_standing(&serial_text)?;
         // The handler is application code of unknown speed: keep it off the
         // runtime's worker threads.
         let reply = tokio::task::block_in_place(|| service.handler.handle(&context, &payload))
