@@ -39,6 +39,17 @@ fn assert_refused_cleanly(module: &mut Module, journal: &RecordingJournal) {
     assert!(!applet.holds_identification(), "no answer left behind");
 }
 
+/// Personalizes `module` at `pki`'s unit, requiring an identification,
+/// with `idunit` as the id unit the user connected.
+fn identify(
+    module: &mut Module,
+    journal: &mut RecordingJournal,
+    pki: &Pki,
+    idunit: &mut dyn IdentificationSource,
+) -> Result<imprint_apdu::host::PersonalizationReport, PersonalizeError> {
+    personalize_with_identification(module, journal, &pki.unit, options(), Some(idunit))
+}
+
 /// An id unit that answers with a fixed answer, whatever the challenge.
 struct Fixed(Vec<u8>);
 
@@ -71,14 +82,7 @@ fn a_forged_mac_is_refused() {
         value: Zeroizing::new(record.values[0]),
         mac: [0x5A; 48],
     };
-    let err = personalize_with_identification(
-        &mut module,
-        &mut journal,
-        &pki.unit,
-        options(),
-        Some(&mut Fixed(forged.encode())),
-    )
-    .unwrap_err();
+    let err = identify(&mut module, &mut journal, &pki, &mut Fixed(forged.encode())).unwrap_err();
     assert!(
         matches!(refused(&err), IdentificationRefusal::NotAuthentic(_)),
         "{err}"
@@ -98,12 +102,11 @@ fn an_answer_replayed_to_a_new_challenge_is_refused() {
     // open, but not bound to this personalization's challenge.
     let mut idunit = ram_idunit(&record);
     let captured = idunit.authenticate(&[0x11; CHALLENGE_LEN]).expect("answer");
-    let err = personalize_with_identification(
+    let err = identify(
         &mut module,
         &mut journal,
-        &pki.unit,
-        options(),
-        Some(&mut Fixed(captured.to_vec())),
+        &pki,
+        &mut Fixed(captured.to_vec()),
     )
     .unwrap_err();
     assert!(
@@ -123,14 +126,7 @@ fn a_foreign_identification_unit_is_refused() {
     // Registered with another unit's journal, not with this one.
     let mut other = RecordingJournal::default();
     let foreign = other.issue_idunit(1);
-    let err = personalize_with_identification(
-        &mut module,
-        &mut journal,
-        &pki.unit,
-        options(),
-        Some(&mut ram_idunit(&foreign)),
-    )
-    .unwrap_err();
+    let err = identify(&mut module, &mut journal, &pki, &mut ram_idunit(&foreign)).unwrap_err();
     assert!(
         matches!(refused(&err), IdentificationRefusal::UnknownUnit(_)),
         "{err}"
@@ -147,14 +143,7 @@ fn a_value_not_issued_to_the_identification_unit_is_refused() {
     let mut record = journal.issue_idunit(1);
     // The id unit holds (and MACs correctly) a value the unit never registered.
     record.values[0] = [0xEE; 16];
-    let err = personalize_with_identification(
-        &mut module,
-        &mut journal,
-        &pki.unit,
-        options(),
-        Some(&mut ram_idunit(&record)),
-    )
-    .unwrap_err();
+    let err = identify(&mut module, &mut journal, &pki, &mut ram_idunit(&record)).unwrap_err();
     assert!(
         matches!(refused(&err), IdentificationRefusal::UnknownValue(_)),
         "{err}"
@@ -170,24 +159,10 @@ fn a_reused_value_is_refused() {
     let record = journal.issue_idunit(1);
     // Used by another module's personalization already.
     let mut other = manufactured_module(&pki);
-    personalize_with_identification(
-        &mut other,
-        &mut journal,
-        &pki.unit,
-        options(),
-        Some(&mut ram_idunit(&record)),
-    )
-    .expect("first use");
+    identify(&mut other, &mut journal, &pki, &mut ram_idunit(&record)).expect("first use");
     journal.entries.clear();
     // A copy of the id unit as issued offers the same value again.
-    let err = personalize_with_identification(
-        &mut module,
-        &mut journal,
-        &pki.unit,
-        options(),
-        Some(&mut ram_idunit(&record)),
-    )
-    .unwrap_err();
+    let err = identify(&mut module, &mut journal, &pki, &mut ram_idunit(&record)).unwrap_err();
     assert!(
         matches!(refused(&err), IdentificationRefusal::Used(1)),
         "{err}"
@@ -202,14 +177,7 @@ fn an_identification_unit_with_no_values_left_is_refused() {
     let mut module = manufactured_module(&pki);
     let mut journal = RecordingJournal::default();
     let record = journal.issue_idunit(0);
-    let err = personalize_with_identification(
-        &mut module,
-        &mut journal,
-        &pki.unit,
-        options(),
-        Some(&mut ram_idunit(&record)),
-    )
-    .unwrap_err();
+    let err = identify(&mut module, &mut journal, &pki, &mut ram_idunit(&record)).unwrap_err();
     assert!(
         matches!(err, PersonalizeError::IdUnit(IdUnitError::Exhausted)),
         "{err}"
@@ -297,12 +265,11 @@ fn an_identification_unit_issued_for_another_module_is_refused() {
     let serial = module_serial(&mut module);
     let mut journal = RecordingJournal::default();
     let for_another = journal.issue_idunit_for(1, "00000000000000ff");
-    let err = personalize_with_identification(
+    let err = identify(
         &mut module,
         &mut journal,
-        &pki.unit,
-        options(),
-        Some(&mut ram_idunit(&for_another)),
+        &pki,
+        &mut ram_idunit(&for_another),
     )
     .unwrap_err();
     assert!(
@@ -320,14 +287,8 @@ fn an_identification_unit_issued_for_another_module_is_refused() {
 
     // One issued for this module vouches for it.
     let for_this = journal.issue_idunit_for(1, &serial);
-    personalize_with_identification(
-        &mut module,
-        &mut journal,
-        &pki.unit,
-        options(),
-        Some(&mut ram_idunit(&for_this)),
-    )
-    .expect("the id unit issued for this module");
+    identify(&mut module, &mut journal, &pki, &mut ram_idunit(&for_this))
+        .expect("the id unit issued for this module");
     assert_eq!(journal.entries.len(), 1);
 }
 

@@ -11,6 +11,10 @@
 //!  └───────────────────────────────┘          └──────────────────────────────┘
 //! ```
 //!
+//! Inside a personalization channel the unit may hand the module a direct
+//! connection offer ([`direct`], claim 15): an address and a one-time ticket
+//! the module's runtime uses to reach the unit without the relay.
+//!
 //! A second, small applet, the identification unit ([`idunit`], claims
 //! 16–18), answers the unit's challenge with a one-off value under its own
 //! MAC; the module forwards that answer inside the personalization channel.

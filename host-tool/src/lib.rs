@@ -23,14 +23,19 @@
 //!   verified import for field units ([`journal::transfer`], claim 12).
 //! - [`module`]: opening a file-backed module in-process.
 //! - [`demo`]: the whole flow on N modules, verified afterwards.
-//! - [`bench`](mod@bench): P-384 signature rates against `openssl speed`.
+//! - [`bench`](mod@bench): P-384 signature rates against `openssl speed`,
+//!   PC/SC round trips and station throughput, and personalization through
+//!   a relay against a direct one ([`bench::relay`]).
+//! - [`roles::create_all`]: the three roles in one directory (demo, bench).
 //! - [`pcsc`]: cards in PC/SC readers (the transport, reader listing and
 //!   watching, and secure PIN entry on PIN-pad readers, [`pcsc::pinpad`]).
 //! - [`station`]: station mode, personalizing cards on several readers at once.
 //! - [`tan_prompt`]: where the TAN is typed (claim 13): the reader's PIN
 //!   pad, or the terminal without echo.
 //! - [`remote`]: the unit as a network service and the relay that presents
-//!   modules to it (claim 14), with the relays' registry in [`journal::relays`].
+//!   modules to it (claim 14), with the relays' registry in [`journal::relays`];
+//!   the TAN typed at the relay (claim 13); the direct connection a relay only
+//!   sets up, and the module runtime that dials it ([`remote::direct`], claim 15).
 
 #![forbid(unsafe_code)]
 

@@ -50,8 +50,10 @@ pub trait Transport {
         Err(TransportError::DirectUnsupported)
     }
 
-    /// Whether the reader has a PIN pad that [`Transport::verify_at_pin_pad`]
-    /// can use (PC/SC secure PIN entry). Default: no PIN pad.
+    /// Whether the module's input unit takes the TAN itself, so that
+    /// [`Transport::verify_at_pin_pad`] can be used: a reader's PIN pad (PC/SC
+    /// secure PIN entry), or a relay whose user types it (claims 13 and 14).
+    /// Default: no.
     fn has_pin_pad(&mut self) -> Result<bool, TransportError> {
         Ok(false)
     }

@@ -33,7 +33,7 @@ use imprint_apdu::pki::Certificate;
 use imprint_apdu::proto::len;
 use imprint_apdu::vpcd::CardApplet;
 use imprint_central::client;
-use imprint_central::wire::{DirectTicket, ErrorCode, Frame, read_frame, write_frame};
+use imprint_central::wire::{DirectTicket, Frame, read_frame, write_frame};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -258,16 +258,9 @@ fn run_direct<K: KeyMemory>(
     }
 }
 
-/// Tells the peer why the module ends the direct connection (best effort).
+/// Tells the unit why the module ends the direct connection.
 fn refuse(stream: &mut TcpStream, refusal: DirectPathRefusal) -> RemoteError {
-    let _ = write_frame(
-        stream,
-        &Frame::Error {
-            code: ErrorCode::Refused,
-            reason: refusal.to_string(),
-        },
-    );
-    RemoteError::DirectPath(refusal)
+    super::refuse(stream, RemoteError::DirectPath(refusal))
 }
 
 // ---------------------------------------------------------------------------

@@ -19,6 +19,10 @@
 //! secured APDUs it cannot read, and any change it makes is detected by the
 //! module's or the unit's MAC and counter checks.
 //!
+//! Claim 13 over the relay: a unit serving with `--require-tan` asks the
+//! relay (ENTER TAN) to have its user type the TAN and send it to the module
+//! locally; only the status word comes back.
+//!
 //! Claim 15: a unit started with a direct address offers the module, inside
 //! the channel, that address and a one-time ticket ([`direct`]). A module
 //! whose runtime has a network of its own dials the unit, and the run goes on
@@ -203,7 +207,9 @@ impl RemoteError {
             | Self::UnregisteredRelay(_)
             | Self::SerialMismatch
             | Self::Ticket(_)
-            | Self::DirectPath(_) => ErrorCode::Refused,
+            | Self::DirectPath(_)
+            | Self::TanNotGiven
+            | Self::NotTanEntry(_) => ErrorCode::Refused,
             Self::Personalize(PersonalizeError::Transport(TransportError::Io(err)))
                 if is_timeout(err) =>
             {
@@ -213,6 +219,19 @@ impl RemoteError {
             _ => ErrorCode::Internal,
         }
     }
+}
+
+/// Tells the peer why this side ends the conversation (ERROR with the
+/// error's code and text, best effort: it may be gone) and returns the error.
+pub(crate) fn refuse(stream: &mut TcpStream, err: RemoteError) -> RemoteError {
+    let _ = write_frame(
+        stream,
+        &Frame::Error {
+            code: err.code(),
+            reason: err.to_string(),
+        },
+    );
+    err
 }
 
 fn is_timeout(err: &io::Error) -> bool {
@@ -835,16 +854,6 @@ fn enter_tan<T: Transport>(
     digits: u8,
     tan: &mut Option<TanSource<'_>>,
 ) -> Result<(), RemoteError> {
-    let refuse = |stream: &mut TcpStream, err: RemoteError| {
-        let _ = write_frame(
-            stream,
-            &Frame::Error {
-                code: ErrorCode::Refused,
-                reason: err.to_string(),
-            },
-        );
-        err
-    };
     // Nothing else: the unit must not make the relay send its user's input
     // anywhere but into the TAN's VERIFY.
     if header != [0x00, ins::VERIFY, proto::P1_VERIFY, proto::TAN_REF] {
